@@ -41,7 +41,8 @@
 /*
  * A dirty bitmap, named by its id and shared by every table instance that
  * names it, so that a table reload (onto a snapshot-origin and back) keeps
- * every bit. Freed when the last table using it is destroyed.
+ * every bit. Only tables of the one mapped device that created it may share
+ * it. Freed when the last table using it is destroyed.
  *
  * Invariants:
  * - @active is only changed with atomic operations: writers OR bits in from
@@ -54,6 +55,7 @@
 struct bdr_map {
 	struct list_head list;
 	char id[BDR_ID_LEN];
+	struct mapped_device *md;
 	unsigned int users;
 	u64 generation;
 	sector_t dev_sectors;
@@ -103,12 +105,17 @@ static void bdr_map_free(struct bdr_map *m)
 }
 
 /* Called with bdr_lock held. */
-static struct bdr_map *bdr_map_get(const char *id, sector_t dev_sectors,
-				   u32 region_sectors, char **error)
+static struct bdr_map *bdr_map_get(struct mapped_device *md, const char *id,
+				   sector_t dev_sectors, u32 region_sectors,
+				   char **error)
 {
 	struct bdr_map *m = bdr_map_find(id);
 
 	if (m) {
+		if (m->md != md) {
+			*error = "Bitmap id is in use by another device";
+			return ERR_PTR(-EBUSY);
+		}
 		if (m->dev_sectors != dev_sectors ||
 		    m->region_sectors != region_sectors) {
 			*error = "Bitmap id is in use with another length or region size";
@@ -122,6 +129,7 @@ static struct bdr_map *bdr_map_get(const char *id, sector_t dev_sectors,
 	if (!m)
 		goto bad;
 	strscpy(m->id, id, sizeof(m->id));
+	m->md = md;
 	m->users = 1;
 	do {
 		m->generation = get_random_u64();
@@ -316,7 +324,8 @@ static int bdr_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 
 	mutex_lock(&bdr_lock);
-	m = bdr_map_get(id, ti->len, region_sectors, &ti->error);
+	m = bdr_map_get(dm_table_get_md(ti->table), id, ti->len,
+			region_sectors, &ti->error);
 	mutex_unlock(&bdr_lock);
 	if (IS_ERR(m)) {
 		r = PTR_ERR(m);
