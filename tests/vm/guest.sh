@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Guest side of the VM lab: run by tests/vm/run.sh inside a virtme-ng guest, as root.
+#
+#   guest.sh ENVFILE SUITE_FILE...
+#
+# ENVFILE (written by the host) exports RESULTS (the writable results dir), BDR_KO, BDR_BIN,
+# BDR_CONFORMANCE_BIN, BDR_TEST_BINS and VM_SUITE_TIMEOUT. Each suite runs with a timeout,
+# its output in $RESULTS/<suite>.log; its verdict ends up in $RESULTS/<suite>.verdict (first
+# word PASS, FAIL or SKIP). At the end: $RESULTS/dmesg.txt and $RESULTS/guest.done.
+#
+# What vng gives (checked on Debian 6.1 and 6.12): / is the host's root over 9p, read-only;
+# /tmp, /etc, /var, /usr are writable overlays backed by the guest's /run tmpfs; /dev is
+# devtmpfs; /sys/kernel/debug is mounted; configfs is not (and /sys/kernel/config appears only
+# once the configfs module is loaded); udevd runs; only the --rwdir dirs reach the host.
+set -uo pipefail
+
+envfile=${1:?usage: guest.sh ENVFILE SUITE_FILE...}
+shift
+# shellcheck source=/dev/null
+. "$envfile"
+: "${RESULTS:?ENVFILE must set RESULTS}"
+export RESULTS BDR_KO=${BDR_KO:-} BDR_BIN=${BDR_BIN:-} BDR_CONFORMANCE_BIN=${BDR_CONFORMANCE_BIN:-}
+export BDR_TEST_BINS=${BDR_TEST_BINS:-}
+export T_SCRATCH=${T_SCRATCH:-/run/bdr-lab}
+suite_timeout=${VM_SUITE_TIMEOUT:-300}
+
+say() { printf 'guest: %s\n' "$*" | tee -a "$RESULTS/guest.log"; }
+
+: >"$RESULTS/guest.log"
+say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
+
+# --- mounts ---------------------------------------------------------------------------------
+mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug || say "no debugfs"
+modprobe configfs 2>/dev/null || true
+mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config || say "no configfs"
+[ "$(stat -f -c %T /dev)" = tmpfs ] || say "warning: /dev is not devtmpfs"
+mkdir -p "$T_SCRATCH"
+if ! mountpoint -q "$T_SCRATCH" && ! mount -t tmpfs -o size=1200M,mode=0755 tmpfs "$T_SCRATCH"; then
+	say "warning: cannot mount a tmpfs on $T_SCRATCH"
+fi
+
+# --- modules (Debian's own; dm-bdr is insmod'ed by the suites through load_bdr) --------------
+for m in dm-mod dm-snapshot loop; do
+	modprobe "$m" || say "warning: modprobe $m failed"
+done
+modprobe null_blk nr_devices=0 || say "warning: modprobe null_blk failed"
+# brd is loaded on demand by mk_brd (its size is a module parameter).
+
+{
+	echo "uname: $(uname -a)"
+	echo "--- mounts"; cat /proc/mounts
+	echo "--- modules"; lsmod
+	echo "--- env"; env | sort
+} >"$RESULTS/guest-env.txt" 2>&1
+
+# --- suites ---------------------------------------------------------------------------------
+cd "$T_SCRATCH" || cd /tmp || exit 1
+for suite_file in "$@"; do
+	name=$(basename "$suite_file" .sh)
+	verdict=$RESULTS/$name.verdict
+	rm -f "$verdict" "$RESULTS/$name.cases"
+	tmo=$(sed -n 's/^# *vm-timeout: *\([0-9][0-9]*\).*/\1/p' "$suite_file" | head -n1)
+	tmo=${tmo:-$suite_timeout}
+	say "suite $name (timeout ${tmo}s)"
+	start=$(date +%s)
+	T_SUITE=$name timeout --kill-after=10 "$tmo" bash "$suite_file" >"$RESULTS/$name.log" 2>&1 </dev/null
+	rc=$?
+	secs=$(($(date +%s) - start))
+	first=$(head -n1 "$verdict" 2>/dev/null | awk '{print $1}')
+	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+		echo "FAIL timeout after ${tmo}s (in: $(cat "$RESULTS/$name.current" 2>/dev/null || echo '?'))" >"$verdict"
+	elif [ "$rc" != 0 ] && [ "$first" != FAIL ]; then
+		echo "FAIL exit status $rc${first:+ (suite said: $(head -n1 "$verdict"))}" >"$verdict"
+	elif [ -z "$first" ]; then
+		if [ "$rc" = 0 ]; then echo "PASS exit status 0 (no case bookkeeping)" >"$verdict"; else
+			echo "FAIL exit status $rc" >"$verdict"; fi
+	fi
+	rm -f "$RESULTS/$name.current"
+	echo "time ${secs}s" >>"$verdict"
+	say "suite $name: $(head -n1 "$verdict") (${secs}s)"
+done
+
+dmesg >"$RESULTS/dmesg.txt" 2>&1
+sync
+date +%s >"$RESULTS/guest.done"
+say "done"

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The VM lab's host entry point: build dm-bdr for each Debian kernel and the Rust side, boot
+# each kernel under QEMU (software emulation, virtme-ng) and run the suites in the guest.
+#
+#   tests/vm/run.sh [--kernel 6.1|6.12|all|<exact version>] [SUITE ...]
+#
+# SUITE is a name under tests/vm/suites/ (smoke or smoke.sh) or a path; default: all of
+# tests/vm/suites/*.sh. Results: tests/vm/results/<kver>/ (a verdict file, a log per suite,
+# dmesg.txt, console.log, guest.log). A kernel fails on a missing verdict (guest crashed or
+# timed out), on any FAIL, and on kernel warnings in dmesg; a failed build fails too. Prints
+# a table and `vm: N passed, N failed`; exits 1 on any failure.
+#
+# Environment: VM_BOOT_TIMEOUT (hard limit of one guest run, s, default 900),
+# VM_SUITE_TIMEOUT (default per suite, s, default 300), VM_MEMORY, VM_CPUS.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/vm/host.sh
+. "$here/host.sh" || exit 1
+
+usage() { sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"; }
+
+ksel=all
+suites=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--kernel) ksel=${2:?--kernel needs a value}; shift 2 ;;
+	--kernel=*) ksel=${1#--kernel=}; shift ;;
+	-h | --help) usage; exit 0 ;;
+	-*) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+	*)
+		if [ -f "$1" ]; then suites+=("$(cd "$(dirname "$1")" && pwd)/$(basename "$1")")
+		elif [ -f "$here/suites/${1%.sh}.sh" ]; then suites+=("$here/suites/${1%.sh}.sh")
+		else echo "run.sh: no suite $1 (tests/vm/suites/)" >&2; exit 2; fi
+		shift ;;
+	esac
+done
+if [ ${#suites[@]} -eq 0 ]; then
+	for f in "$here"/suites/*.sh; do [ -f "$f" ] && suites+=("$f"); done
+fi
+[ ${#suites[@]} -gt 0 ] || { echo "run.sh: no suites" >&2; exit 2; }
+
+mapfile -t kernels < <(vm_kernels "$ksel") && [ ${#kernels[@]} -gt 0 ] || exit 1
+boot_timeout=${VM_BOOT_TIMEOUT:-900}
+
+rows=() # "kernel|item|PASS/FAIL/SKIP|detail"
+passed=0 failed=0
+row() {
+	rows+=("$1|$2|$3|$4")
+	case $3 in PASS) passed=$((passed + 1)) ;; FAIL) failed=$((failed + 1)) ;; esac
+}
+
+# --- build ----------------------------------------------------------------------------------
+t0=$(date +%s)
+if vm_build_rust --tests; then
+	row all build:rust PASS "$(($(date +%s) - t0))s"
+else
+	row all build:rust FAIL "cargo build failed (see above)"
+fi
+
+dmesg_bad='WARNING:|BUG:|Oops|scheduling while atomic|general protection|KASAN|kernel BUG|Call Trace'
+
+for kver in "${kernels[@]}"; do
+	VM_TAG=$kver
+	res=$here/results/$kver
+	rm -rf "$res" && mkdir -p "$res" || exit 1
+
+	if vm_build_kmod "$kver"; then
+		row "$kver" build:kmod PASS "$(basename "$VM_KO")"
+	else
+		row "$kver" build:kmod FAIL "see target/kmod/$kver/build.log"
+	fi
+
+	vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="${VM_KO:-}" BDR_BIN="${VM_BDR_BIN:-}" \
+		BDR_CONFORMANCE_BIN="${VM_CONFORMANCE_BIN:-}" BDR_TEST_BINS="$VM_ROOT/target/vm/test-bins.txt" \
+		VM_SUITE_TIMEOUT="${VM_SUITE_TIMEOUT:-300}"
+	vm_log "booting, ${#suites[@]} suite(s), hard timeout ${boot_timeout}s"
+	t0=$(date +%s)
+	vm_boot "$kver" "$res" "$boot_timeout" "$res/console.log" \
+		bash "$here/guest.sh" "$res/guest.env" "${suites[@]}"
+	brc=$?
+	secs=$(($(date +%s) - t0))
+	vm_log "guest run took ${secs}s (vng status $brc)"
+	echo "$secs" >"$res/wall-seconds"
+
+	for f in "${suites[@]}"; do
+		name=$(basename "$f" .sh)
+		v=$res/$name.verdict
+		if [ ! -s "$v" ]; then
+			row "$kver" "$name" FAIL "no verdict (guest crashed or timed out; see console.log)"
+			continue
+		fi
+		word=$(head -n1 "$v" | awk '{print $1}')
+		detail=$(head -n1 "$v" | cut -d' ' -f2-)
+		t=$(awk '/^time / {print $2}' "$v")
+		case $word in
+		PASS | SKIP) row "$kver" "$name" "$word" "$detail${t:+ ($t)}" ;;
+		*) row "$kver" "$name" FAIL "$detail${t:+ ($t)}"
+			grep '^FAIL ' "$v" | sed "s|^|    $kver $name: |" >&2 ;;
+		esac
+	done
+
+	if [ ! -f "$res/guest.done" ] || [ ! -s "$res/dmesg.txt" ]; then
+		row "$kver" dmesg FAIL "no dmesg.txt: the guest did not finish"
+	elif bad=$(grep -E "$dmesg_bad" "$res/dmesg.txt"); then
+		row "$kver" dmesg FAIL "$(printf '%s\n' "$bad" | wc -l) suspicious line(s)"
+		vm_log "kernel log of $kver has warnings (full log: $res/dmesg.txt):"
+		printf '%s\n' "$bad" | head -n 40 | sed 's/^/    /' >&2
+	else
+		row "$kver" dmesg PASS "clean (guest run ${secs}s)"
+	fi
+done
+VM_TAG=vm
+
+# --- report ---------------------------------------------------------------------------------
+echo
+printf '%-22s %-12s %-5s %s\n' KERNEL ITEM VERDICT DETAIL
+for r in "${rows[@]}"; do
+	IFS='|' read -r k i w d <<<"$r"
+	printf '%-22s %-12s %-5s %s\n' "$k" "$i" "$w" "$d"
+done
+echo
+echo "vm: $passed passed, $failed failed"
+[ "$failed" = 0 ]
