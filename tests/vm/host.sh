@@ -151,12 +151,13 @@ vm_boot() {
 	command -v vng >/dev/null || { vm_log "vng not found: run scripts/install-deps.sh"; return 127; }
 	local cmd=(timeout --kill-after=15 "$tmo" vng -r "/boot/vmlinuz-$kver" --disable-kvm
 		--memory "$VM_MEMORY" --cpus "$VM_CPUS" --rwdir "$rwdir" -- "$@")
+	# Through a pipe: QEMU reopens its stdout, which would write over a redirected file.
 	if [ "$console" = - ]; then
-		"${cmd[@]}" </dev/null
+		"${cmd[@]}" </dev/null 2>&1 | cat
 	else
-		"${cmd[@]}" </dev/null >"$console" 2>&1
+		"${cmd[@]}" </dev/null 2>&1 | cat >"$console"
 	fi
-	rc=$?
+	rc=${PIPESTATUS[0]}
 	case $rc in 124 | 137) vm_log "$kver: killed after the hard timeout of ${tmo}s" ;; esac
-	return $rc
+	return "$rc"
 }

@@ -14,7 +14,7 @@
 # conformance_kernel test binary, or empty), BDR_TEST_BINS (file: name<TAB>path of every test
 # binary of the workspace), T_SCRATCH (a tmpfs, the working dir of the suite).
 # A suite's timeout is 300 s unless it has a line `# vm-timeout: SECONDS`. The whole VM run
-# (boot + all suites, per kernel) is capped by tests/vm/run.sh, 900 s by default, and the CI
+# (boot + all suites, per kernel) is capped by tests/vm/run.sh, 600 s by default, and the CI
 # budget wants all suites of one kernel well under 10 minutes in software emulation.
 #
 # Test cases
@@ -48,6 +48,8 @@
 #   mk_linear NAME DEV [OFFSET_SECTORS]   dm-linear over all of DEV past OFFSET_SECTORS
 #   mk_bdr NAME DEV [REGION_SECTORS [BITMAP_ID]]  bdr target over all of DEV (region 128
 #                      sectors, bitmap id NAME by default); loads the module first
+#   mk_mount DEV DIR [MOUNT_OPTS...]   mkdir -p DIR, mount DEV there; unmounted at exit
+#                      unless already unmounted
 #   dev_sectors DEV    size of DEV in 512-byte sectors
 #   load_bdr           insmod $BDR_KO unless dm_bdr is loaded; fails if BDR_KO is missing
 #   unload_bdr         rmmod dm_bdr if it is loaded
@@ -273,6 +275,16 @@ mk_bdr() {
 	load_bdr || return 1
 	sz=$(dev_sectors "$dev") || return 1
 	mk_dm "$name" "0 $sz bdr $dev $region $id"
+}
+
+_umount_if() { ! mountpoint -q "$1" || umount "$1"; }
+
+mk_mount() {
+	local dev=${1:?mk_mount DEV DIR [OPTS...]} dir=${2:?mk_mount DEV DIR [OPTS...]}
+	shift 2
+	mkdir -p "$dir" || return 1
+	mount "$@" "$dev" "$dir" || return 1
+	t_defer _umount_if "$dir"
 }
 
 _bdr_mod() { local m; m=$(basename "${BDR_KO:-dm-bdr.ko}" .ko); echo "${m//-/_}"; }

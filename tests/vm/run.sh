@@ -10,7 +10,7 @@
 # timed out), on any FAIL, and on kernel warnings in dmesg; a failed build fails too. Prints
 # a table and `vm: N passed, N failed`; exits 1 on any failure.
 #
-# Environment: VM_BOOT_TIMEOUT (hard limit of one guest run, s, default 900),
+# Environment: VM_BOOT_TIMEOUT (hard limit of one guest run, s, default 600),
 # VM_SUITE_TIMEOUT (default per suite, s, default 300), VM_MEMORY, VM_CPUS.
 set -uo pipefail
 
@@ -41,7 +41,7 @@ fi
 [ ${#suites[@]} -gt 0 ] || { echo "run.sh: no suites" >&2; exit 2; }
 
 mapfile -t kernels < <(vm_kernels "$ksel") && [ ${#kernels[@]} -gt 0 ] || exit 1
-boot_timeout=${VM_BOOT_TIMEOUT:-900}
+boot_timeout=${VM_BOOT_TIMEOUT:-600}
 
 rows=() # "kernel|item|PASS/FAIL/SKIP|detail"
 passed=0 failed=0
