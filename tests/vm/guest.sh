@@ -68,7 +68,14 @@ for suite_file in "$@"; do
 	secs=$(($(date +%s) - start))
 	first=$(head -n1 "$verdict" 2>/dev/null | awk '{print $1}')
 	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-		echo "FAIL timeout after ${tmo}s (in: $(cat "$RESULTS/$name.current" 2>/dev/null || echo '?'))" >"$verdict"
+		# The suite's EXIT trap may have run on SIGTERM and closed the case it was in.
+		in_case=$(cat "$RESULTS/$name.current" 2>/dev/null ||
+			sed -n 's/^FAIL \(.*\): suite exited with status.*/\1/p' "$RESULTS/$name.cases" 2>/dev/null | tail -n1)
+		{
+			echo "FAIL timeout after ${tmo}s (in case: ${in_case:-?})"
+			tail -n +2 "$verdict" 2>/dev/null
+		} >"$verdict.new"
+		mv "$verdict.new" "$verdict"
 	elif [ "$rc" != 0 ] && [ "$first" != FAIL ]; then
 		echo "FAIL exit status $rc${first:+ (suite said: $(head -n1 "$verdict"))}" >"$verdict"
 	elif [ -z "$first" ]; then

@@ -174,6 +174,10 @@ _t_exit() {
 	exit $?
 }
 trap _t_exit EXIT
+# Killed (e.g. by guest.sh's timeout): fail the open case rather than pass it.
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
 
 # --- devices --------------------------------------------------------------------------------
 _t_settle() { udevadm settle --timeout=10 2>/dev/null || sleep 1; }
