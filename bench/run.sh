@@ -27,7 +27,8 @@ while [ $# -gt 0 ]; do
 done
 [ "$rounds" -ge 3 ] || echo "bench: fewer than 3 rounds: medians are weak" >&2
 
-mapfile -t kernels < <(vm_kernels "$ksel") && [ ${#kernels[@]} -gt 0 ] || exit 1
+klist=$(vm_kernels "$ksel") || exit 1
+mapfile -t kernels <<<"$klist"
 mkdir -p "$root/bench/results"
 fail=0
 for kver in "${kernels[@]}"; do
@@ -40,9 +41,15 @@ for kver in "${kernels[@]}"; do
 	# 3 devices x 2 queue depths per round, plus fio start-up and the boot.
 	tmo=$((rounds * 6 * (runtime + ramp + 5) + 180))
 	vm_log "booting; ${rounds} rounds x 6 runs of $((runtime + ramp)) s (limit ${tmo}s)"
+	# QEMU in software emulation needs the host's cores: other work on the host shows up as
+	# noise. Record the load so that a busy run can be recognised.
+	load0=$(cut -d' ' -f1 /proc/loadavg)
+	[ "${load0%%.*}" -lt 1 ] || vm_log "host load average is $load0: numbers will be noisy"
 	t0=$(date +%s)
 	vm_boot "$kver" "$raw" "$tmo" - bash "$root/bench/guest.sh" "$raw/guest.env"
 	vm_log "guest run took $(($(date +%s) - t0))s"
+	load1=$(cut -d' ' -f1-3 /proc/loadavg)
+	printf 'host_load %s before, %s (1/5/15 min) after; %s host cpus\n' "$load0" "$load1" "$(nproc)" >>"$raw/setup.txt"
 	if [ "$(head -n1 "$raw/bench.verdict" 2>/dev/null | awk '{print $1}')" != PASS ]; then
 		vm_log "bench run failed: $(head -n1 "$raw/bench.verdict" 2>/dev/null || echo 'no verdict')"
 		fail=1

@@ -14,6 +14,7 @@ import sys
 raw_dir, kver, out_json, out_md = sys.argv[1:5]
 DEVS = ["raw", "linear", "bdr"]
 runs = {}  # (dev, qd) -> list of (iops, p50_us, p99_us)
+by_round = {}  # (dev, qd, round) -> (iops, p50_us, p99_us)
 for f in sorted(os.listdir(raw_dir)):
     m = re.fullmatch(r"r(\d+)-(\w+)-qd(\d+)\.json", f)
     if not m:
@@ -21,8 +22,9 @@ for f in sorted(os.listdir(raw_dir)):
     try:
         w = json.load(open(os.path.join(raw_dir, f)))["jobs"][0]["write"]
         pct = w["clat_ns"]["percentile"]
-        runs.setdefault((m.group(2), int(m.group(3))), []).append(
-            (w["iops"], pct["50.000000"] / 1000, pct["99.000000"] / 1000))
+        x = (w["iops"], pct["50.000000"] / 1000, pct["99.000000"] / 1000)
+        runs.setdefault((m.group(2), int(m.group(3))), []).append(x)
+        by_round[(m.group(2), int(m.group(3)), int(m.group(1)))] = x
     except (ValueError, KeyError, IndexError) as e:
         print("summarize: skipping %s: %r" % (f, e), file=sys.stderr)
 
@@ -49,9 +51,15 @@ for qd in qds:
             "clat_p99_us_all": [round(x[2], 1) for x in xs],
         }
     if "bdr" in r and "linear" in r:
+        # Also the median of per-round ratios: each round's pair ran back to back, so this
+        # one is less sensitive to slow drift (e.g. load on the host) than the ratio of medians.
+        pairs = [(by_round[("bdr", qd, n)], by_round[("linear", qd, n)])
+                 for (d, q, n) in by_round if d == "bdr" and q == qd and ("linear", qd, n) in by_round]
         r["bdr_vs_linear"] = {
             "iops_ratio": r["bdr"]["iops_median"] / r["linear"]["iops_median"],
             "p99_diff_us": r["bdr"]["clat_p99_us_median"] - r["linear"]["clat_p99_us_median"],
+            "iops_ratio_paired_median": statistics.median(b[0] / l[0] for b, l in pairs),
+            "p99_diff_us_paired_median": statistics.median(b[2] - l[2] for b, l in pairs),
         }
     if "linear" in r and "raw" in r:
         r["linear_vs_raw"] = {
@@ -85,14 +93,17 @@ for qd in qds:
             lines.append("| %d | %s | %.0f | %.1f | %.1f | %s |" % (
                 qd, "dm-" + d if d == "linear" else d, x["iops_median"], x["clat_p50_us_median"],
                 x["clat_p99_us_median"], ", ".join(str(v) for v in x["iops_all"])))
-lines += ["", "| QD | bdr/dm-linear IOPS | bdr − dm-linear p99 µs | dm-linear/raw IOPS |",
-          "|---:|---:|---:|---:|"]
+lines += ["", "| QD | bdr/dm-linear IOPS | bdr − dm-linear p99 µs | same, median of per-round pairs "
+          "| dm-linear/raw IOPS |", "|---:|---:|---:|---|---:|"]
 for qd in qds:
     r = result["qd"][str(qd)]
     b, l = r.get("bdr_vs_linear"), r.get("linear_vs_raw")
-    lines.append("| %d | %s | %s | %s |" % (
+    lines.append("| %d | %s | %s | %s | %s |" % (
         qd, "%.3f" % b["iops_ratio"] if b else "–", "%+.1f" % b["p99_diff_us"] if b else "–",
+        "%.3f, %+.1f µs" % (b["iops_ratio_paired_median"], b["p99_diff_us_paired_median"]) if b else "–",
         "%.3f" % l["iops_ratio"] if l else "–"))
+if "host_load" in setup:
+    lines += ["", "Host load average: %s." % setup["host_load"]]
 with open(out_md, "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -80,11 +80,11 @@ esac
 
 kver=$(vm_kernels "$ksel") || exit 1
 VM_TAG=demo
-vm_build_kmod "$kver" || exit 1
-# shellcheck disable=SC2119 # no --tests: the demo needs only the bdr binary
-vm_build_rust || exit 1
 res=$root/target/demo/$kver
 rm -rf "$res" && mkdir -p "$res" || exit 1
+vm_build_kmod "$kver" "$res" || exit 1
+# shellcheck disable=SC2119 # no --tests: the demo needs only the bdr binary
+vm_build_rust || exit 1
 vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="$VM_KO" BDR_BIN="$VM_BDR_BIN"
 vm_log "booting $kver (software emulation: ~15 s to a shell)"
 vm_boot "$kver" "$res" 300 - bash "$root/scripts/demo.sh" --guest "$res/guest.env"

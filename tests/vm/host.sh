@@ -5,8 +5,11 @@
 #
 #   vm_kernels SEL          print the kernel versions for SEL: 6.1, 6.12, all, or an exact
 #                           version that has /boot/vmlinuz-<ver>; newest build of each series
-#   vm_build_kmod KVER      build kmod/ for KVER in target/kmod/<KVER>/ (log: build.log there);
-#                           sets VM_KO to the .ko; fails on a build error or any 'warning:'
+#   vm_build_kmod KVER [DIR]  build kmod/ for KVER in target/kmod/<KVER>/ (log: build.log
+#                           there; one build at a time per kernel, under flock); copies the .ko
+#                           to DIR if given (so that a concurrent build cannot replace it under a
+#                           running guest) and sets VM_KO to it; fails on a build error or on
+#                           any 'warning:'
 #   vm_build_rust [--tests] cargo build --release --bins (and with --tests the workspace's test
 #                           binaries, --no-run); sets VM_BDR_BIN, VM_CONFORMANCE_BIN and writes
 #                           the test executables to target/vm/test-bins.txt (name<TAB>path)
@@ -61,8 +64,22 @@ vm_kernels() {
 }
 
 vm_build_kmod() {
-	local kver=$1 src=${BDR_KMOD_SRC:-$VM_ROOT/kmod} dir=$VM_ROOT/target/kmod/$1 f
+	local kver=$1 dest=${2:-} lock rc
 	VM_KO=
+	mkdir -p "$VM_ROOT/target/kmod" || return 1
+	exec {lock}>"$VM_ROOT/target/kmod/.lock-$kver"
+	flock "$lock"
+	_vm_build_kmod_locked "$kver"
+	rc=$?
+	if [ "$rc" = 0 ] && [ -n "$dest" ]; then
+		cp "$VM_KO" "$dest/" && VM_KO=$dest/$(basename "$VM_KO") || rc=1
+	fi
+	exec {lock}>&-
+	return "$rc"
+}
+
+_vm_build_kmod_locked() {
+	local kver=$1 src=${BDR_KMOD_SRC:-$VM_ROOT/kmod} dir=$VM_ROOT/target/kmod/$1 f
 	rm -rf "$dir" && mkdir -p "$dir" || return 1
 	if [ ! -d "/lib/modules/$kver/build" ]; then
 		vm_log "no headers for $kver (/lib/modules/$kver/build)"

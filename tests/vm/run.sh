@@ -40,7 +40,8 @@ if [ ${#suites[@]} -eq 0 ]; then
 fi
 [ ${#suites[@]} -gt 0 ] || { echo "run.sh: no suites" >&2; exit 2; }
 
-mapfile -t kernels < <(vm_kernels "$ksel") && [ ${#kernels[@]} -gt 0 ] || exit 1
+klist=$(vm_kernels "$ksel") || exit 1 # all: both must be there
+mapfile -t kernels <<<"$klist"
 boot_timeout=${VM_BOOT_TIMEOUT:-600}
 
 rows=() # "kernel|item|PASS/FAIL/SKIP|detail"
@@ -65,14 +66,19 @@ for kver in "${kernels[@]}"; do
 	res=$here/results/$kver
 	rm -rf "$res" && mkdir -p "$res" || exit 1
 
-	if vm_build_kmod "$kver"; then
+	if vm_build_kmod "$kver" "$res"; then
 		row "$kver" build:kmod PASS "$(basename "$VM_KO")"
 	else
 		row "$kver" build:kmod FAIL "see target/kmod/$kver/build.log"
 	fi
 
-	vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="${VM_KO:-}" BDR_BIN="${VM_BDR_BIN:-}" \
-		BDR_CONFORMANCE_BIN="${VM_CONFORMANCE_BIN:-}" BDR_TEST_BINS="$VM_ROOT/target/vm/test-bins.txt" \
+	# Private copies: another build in this checkout must not swap them under the guest.
+	bin='' conf=''
+	mkdir -p "$res/bin"
+	[ -z "${VM_BDR_BIN:-}" ] || { cp "$VM_BDR_BIN" "$res/bin/" && bin=$res/bin/$(basename "$VM_BDR_BIN"); }
+	[ -z "${VM_CONFORMANCE_BIN:-}" ] || { cp "$VM_CONFORMANCE_BIN" "$res/bin/conformance_kernel" && conf=$res/bin/conformance_kernel; }
+	vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="${VM_KO:-}" BDR_BIN="$bin" \
+		BDR_CONFORMANCE_BIN="$conf" BDR_TEST_BINS="$VM_ROOT/target/vm/test-bins.txt" \
 		VM_SUITE_TIMEOUT="${VM_SUITE_TIMEOUT:-300}"
 	vm_log "booting, ${#suites[@]} suite(s), hard timeout ${boot_timeout}s"
 	t0=$(date +%s)
