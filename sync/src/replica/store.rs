@@ -1,0 +1,542 @@
+//! [`ReplicaStore`]: the replica device, its state file and its redo journal.
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use bdr_bitmap::Geometry;
+
+use super::journal::{self, JournalWriter, CHUNK_HEADER_LEN, COMMIT_LEN, HEADER_LEN, JOURNAL_FILE};
+use super::state::{read_state, sync_dir, volume_hex, write_state, ReplicaState, STATE_TMP};
+use super::{CommitStep, StoreError};
+
+pub use super::journal::JournalHeader as CutHeader;
+
+/// Space reserved in the journal's preallocation and released (by truncating the journal
+/// to its end) right after the commit record, so the state file can still be written when
+/// the journal filled the state dir.
+const COMMIT_RESERVE: u64 = 64 << 10;
+
+const LOCK_FILE: &str = "lock";
+
+/// What [`ReplicaStore::open`] found in the state dir.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RecoveryReport {
+    /// No journal: the last commit finished.
+    Clean,
+    /// A committed journal was replayed onto the device: the replica is at `cut`.
+    Replayed { cut: u64, chunks: u64, bytes: u64 },
+    /// A journal without a valid commit record was discarded: the replica stays at its
+    /// last committed cut.
+    Discarded { reason: String },
+}
+
+/// The result of a commit.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CommitReport {
+    pub cut: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+struct OpenCut {
+    header: CutHeader,
+    writer: JournalWriter,
+    /// Journal bytes the cut was estimated to need (for the NoSpace message).
+    needed: u64,
+}
+
+/// The replica's device plus its state dir. Single-threaded; one per state dir (a lock
+/// file enforces it).
+pub struct ReplicaStore {
+    device: File,
+    device_path: PathBuf,
+    device_bytes: u64,
+    dir: PathBuf,
+    _lock: File,
+    state: Option<ReplicaState>,
+    open_cut: Option<OpenCut>,
+    recovery: RecoveryReport,
+    crash_at: Option<CommitStep>,
+    dead: Option<String>,
+}
+
+impl std::fmt::Debug for ReplicaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaStore")
+            .field("device", &self.device_path)
+            .field("device_bytes", &self.device_bytes)
+            .field("dir", &self.dir)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_device(path: &Path) -> Result<(File, u64), StoreError> {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io(format!("open replica device {}", path.display()), e))?;
+    // Works for block devices too, whose metadata length is 0.
+    let len = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| StoreError::io(format!("size of {}", path.display()), e))?;
+    Ok((f, len))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
+    // SAFETY: flock on a valid descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        return Err(StoreError::io(format!("lock {}", path.display()), e));
+    }
+    Ok(f)
+}
+
+/// Reserves `len` bytes for `f`; `Ok` also when the file system cannot preallocate.
+fn preallocate(f: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: posix_fallocate on a valid descriptor we own.
+    match unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) } {
+        0 | libc::EOPNOTSUPP | libc::ENOSYS => Ok(()),
+        #[allow(unreachable_patterns)] // EOPNOTSUPP == ENOTSUP on Linux
+        libc::ENOTSUP => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+impl ReplicaStore {
+    /// Opens the replica device (read-write) and the state dir (created 0700 if missing),
+    /// locks the state dir, and recovers: a committed journal is replayed onto the device,
+    /// an uncommitted one discarded. Afterwards the device holds exactly the last
+    /// committed cut.
+    pub fn open(device: &Path, state_dir: &Path) -> Result<ReplicaStore, StoreError> {
+        Self::open_inner(device, state_dir, None)
+    }
+
+    /// [`open`](Self::open) with a crash point armed during recovery (tests only).
+    #[doc(hidden)]
+    pub fn open_with_crash_point(
+        device: &Path,
+        state_dir: &Path,
+        step: CommitStep,
+    ) -> Result<ReplicaStore, StoreError> {
+        Self::open_inner(device, state_dir, Some(step))
+    }
+
+    fn open_inner(
+        device: &Path,
+        state_dir: &Path,
+        crash_at: Option<CommitStep>,
+    ) -> Result<ReplicaStore, StoreError> {
+        if !state_dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .map_err(|e| {
+                    StoreError::io(format!("create state dir {}", state_dir.display()), e)
+                })?;
+        }
+        let lock = lock_dir(state_dir)?;
+        let _ = fs::remove_file(state_dir.join(STATE_TMP));
+        let st = read_state(state_dir)?;
+        let (dev, device_bytes) = open_device(device)?;
+        let mut store = ReplicaStore {
+            device: dev,
+            device_path: device.to_path_buf(),
+            device_bytes,
+            dir: state_dir.to_path_buf(),
+            _lock: lock,
+            state: st,
+            open_cut: None,
+            recovery: RecoveryReport::Clean,
+            crash_at,
+            dead: None,
+        };
+        store.recovery = store.recover()?;
+        Ok(store)
+    }
+
+    /// Arms a crash point: when the commit reaches `step`, the store stops as if the process
+    /// died there (files are left as they are; buffered journal data is dropped) and every
+    /// later call fails. Tests only; never set in production.
+    #[doc(hidden)]
+    pub fn set_crash_point(&mut self, step: Option<CommitStep>) {
+        self.crash_at = step;
+    }
+
+    /// The committed state; `None` for a new replica that has committed no cut yet.
+    pub fn state(&self) -> Option<&ReplicaState> {
+        self.state.as_ref()
+    }
+
+    /// Size of the replica device in bytes.
+    pub fn device_bytes(&self) -> u64 {
+        self.device_bytes
+    }
+
+    pub fn device_path(&self) -> &Path {
+        &self.device_path
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What recovery did at open.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Whether a cut is being received.
+    pub fn in_cut(&self) -> Option<u64> {
+        self.open_cut.as_ref().map(|c| c.header.cut)
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join(JOURNAL_FILE)
+    }
+
+    fn check_alive(&self) -> Result<(), StoreError> {
+        match &self.dead {
+            Some(why) => Err(StoreError::Dead(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// If `step` is the armed crash point: die there.
+    fn step(&mut self, step: CommitStep) -> Result<(), StoreError> {
+        if self.crash_at != Some(step) {
+            return Ok(());
+        }
+        self.dead = Some(format!("injected crash after {step:?}"));
+        if let Some(oc) = self.open_cut.take() {
+            // A dying process loses its user-space buffers: no flush.
+            let _ = oc.writer.out.into_parts();
+        }
+        Err(StoreError::Crashed(step))
+    }
+
+    fn recover(&mut self) -> Result<RecoveryReport, StoreError> {
+        let path = self.journal_path();
+        if !path.exists() {
+            return Ok(RecoveryReport::Clean);
+        }
+        let verified = journal::verify(&path)
+            .map_err(|e| StoreError::io(format!("read journal {}", path.display()), e))?;
+        let cj = match verified {
+            Err(reason) => {
+                tracing::warn!(journal = %path.display(), %reason, "discarding uncommitted journal");
+                self.remove_journal()?;
+                return Ok(RecoveryReport::Discarded { reason });
+            }
+            Ok(cj) => cj,
+        };
+        if let Some(st) = &self.state {
+            if st.volume != cj.header.volume {
+                return Err(StoreError::Corrupt {
+                    path,
+                    reason: format!(
+                        "committed journal of volume {} but the state file says volume {}",
+                        volume_hex(&cj.header.volume),
+                        volume_hex(&st.volume)
+                    ),
+                });
+            }
+            if cj.header.cut < st.last_cut {
+                let reason = format!(
+                    "committed journal of cut {} is older than the last committed cut {}",
+                    cj.header.cut, st.last_cut
+                );
+                tracing::warn!(journal = %path.display(), %reason, "discarding stale journal");
+                self.remove_journal()?;
+                return Ok(RecoveryReport::Discarded { reason });
+            }
+        }
+        if cj.header.dev_bytes > self.device_bytes {
+            return Err(StoreError::Usage(format!(
+                "journal {} needs a device of {} bytes but {} has {}",
+                path.display(),
+                cj.header.dev_bytes,
+                self.device_path.display(),
+                self.device_bytes
+            )));
+        }
+        tracing::info!(
+            cut = cj.header.cut,
+            chunks = cj.chunks,
+            "replaying committed journal"
+        );
+        self.apply_committed(&cj.header)?;
+        Ok(RecoveryReport::Replayed {
+            cut: cj.header.cut,
+            chunks: cj.chunks,
+            bytes: cj.bytes,
+        })
+    }
+
+    fn remove_journal(&self) -> Result<(), StoreError> {
+        let path = self.journal_path();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(format!("remove {}", path.display()), e)),
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Redo: writes every chunk of the committed journal to the device, syncs it, makes the
+    /// cut the committed one in the state file and removes the journal. Idempotent.
+    fn apply_committed(&mut self, header: &CutHeader) -> Result<(), StoreError> {
+        let path = self.journal_path();
+        let mut k = 0u64;
+        let mut crashed = None;
+        let crash_at = self.crash_at;
+        let dev = &self.device;
+        let res = journal::for_each_chunk(&path, |off, data| {
+            dev.write_all_at(data, off)?;
+            if crash_at == Some(CommitStep::DeviceWrite(k)) {
+                crashed = Some(CommitStep::DeviceWrite(k));
+                return Err(io::Error::other("injected crash"));
+            }
+            k += 1;
+            Ok(())
+        });
+        if let Some(s) = crashed {
+            return self.step(s);
+        }
+        res.map_err(|e| {
+            StoreError::io(
+                format!("replay journal onto {}", self.device_path.display()),
+                e,
+            )
+        })?;
+        self.device
+            .sync_data()
+            .map_err(|e| StoreError::io(format!("fdatasync {}", self.device_path.display()), e))?;
+        self.step(CommitStep::DeviceSynced)?;
+        let st = ReplicaState {
+            volume: header.volume,
+            last_cut: header.cut,
+            dev_bytes: header.dev_bytes,
+            region_bytes: header.region_bytes,
+            committed_at: SystemTime::now(),
+        };
+        write_state(&self.dir, &st)?;
+        self.state = Some(st);
+        self.step(CommitStep::StateUpdated)?;
+        self.remove_journal()?;
+        self.step(CommitStep::JournalRemoved)?;
+        Ok(())
+    }
+
+    /// Starts receiving a cut: creates the journal, preallocating `needed` bytes of chunk
+    /// records (plus header, commit record and a reserve). A state dir without that much
+    /// space fails here with [`StoreError::NoSpace`], before any data is shipped.
+    pub fn begin_cut(&mut self, header: CutHeader, needed: u64) -> Result<(), StoreError> {
+        self.check_alive()?;
+        self.abort_cut();
+        if header.dev_bytes > self.device_bytes {
+            return Err(StoreError::Usage(format!(
+                "cut of a {}-byte volume does not fit the {}-byte device {}",
+                header.dev_bytes,
+                self.device_bytes,
+                self.device_path.display()
+            )));
+        }
+        let path = self.journal_path();
+        let total = HEADER_LEN + needed + COMMIT_LEN + COMMIT_RESERVE;
+        let res = (|| -> io::Result<JournalWriter> {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            preallocate(&f, total)?;
+            let mut w = JournalWriter::new(f, &header)?;
+            w.flush()?;
+            w.out.get_ref().sync_data()?;
+            Ok(w)
+        })();
+        let writer = match res {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(StoreError::from_io_in_dir(
+                    format!("create journal {}", path.display()),
+                    &self.dir,
+                    total,
+                    e,
+                ));
+            }
+        };
+        sync_dir(&self.dir)?;
+        self.open_cut = Some(OpenCut {
+            header,
+            writer,
+            needed: total,
+        });
+        Ok(())
+    }
+
+    /// Appends a verified, decompressed chunk to the open cut's journal.
+    pub fn append_chunk(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        self.check_alive()?;
+        let oc = self
+            .open_cut
+            .as_mut()
+            .ok_or_else(|| StoreError::Usage("append_chunk without begin_cut".into()))?;
+        let end = offset.checked_add(data.len() as u64);
+        if data.is_empty() || end.map_or(true, |e| e > oc.header.dev_bytes) {
+            return Err(StoreError::Usage(format!(
+                "chunk of {} bytes at {offset} is outside the volume",
+                data.len()
+            )));
+        }
+        if let Err(e) = oc.writer.append(offset, data, hash) {
+            return Err(self.fail_cut("append to the journal", e));
+        }
+        let k = oc.writer.chunks - 1;
+        self.step(CommitStep::JournalAppend(k))
+    }
+
+    /// Journal error before the commit record: discard the cut, committed state untouched.
+    fn fail_cut(&mut self, what: &str, e: io::Error) -> StoreError {
+        let needed = self.open_cut.as_ref().map_or(0, |c| c.needed);
+        self.abort_cut();
+        StoreError::from_io_in_dir(
+            format!("{what} {}", self.journal_path().display()),
+            &self.dir,
+            needed,
+            e,
+        )
+    }
+
+    /// Drops the open cut, if any, and its journal. The committed state is untouched.
+    pub fn abort_cut(&mut self) {
+        if let Some(oc) = self.open_cut.take() {
+            let (_f, _) = oc.writer.out.into_parts();
+            let _ = fs::remove_file(self.journal_path());
+            tracing::info!(cut = oc.header.cut, "cut discarded");
+        }
+    }
+
+    /// Commits the open cut atomically: sync the journal, write and sync the commit record
+    /// (the commit point), write the chunks to the device, sync it, update the state file,
+    /// remove the journal. A crash at any instant leaves the device, after recovery at the
+    /// next [`open`](Self::open), at exactly the previous cut or this one.
+    pub fn commit_cut(&mut self, cut: u64) -> Result<CommitReport, StoreError> {
+        self.check_alive()?;
+        let t0 = Instant::now();
+        let oc = self
+            .open_cut
+            .as_mut()
+            .ok_or_else(|| StoreError::Usage("commit_cut without begin_cut".into()))?;
+        if oc.header.cut != cut {
+            return Err(StoreError::Usage(format!(
+                "commit of cut {cut} but cut {} is open",
+                oc.header.cut
+            )));
+        }
+        let (chunks, bytes) = (oc.writer.chunks, oc.writer.bytes);
+        if let Err(e) = oc
+            .writer
+            .flush()
+            .and_then(|_| oc.writer.out.get_ref().sync_data())
+        {
+            return Err(self.fail_cut("sync", e));
+        }
+        self.step(CommitStep::JournalSynced)?;
+        let oc = self.open_cut.as_mut().expect("open cut");
+        let res = oc.writer.write_commit(cut).and_then(|_| {
+            let f = oc.writer.out.get_ref();
+            f.set_len(oc.writer.pos)?;
+            f.sync_all()
+        });
+        if let Err(e) = res {
+            return Err(self.fail_cut("write the commit record to", e));
+        }
+        let header = oc.header.clone();
+        self.step(CommitStep::CommitRecord)?;
+        // The cut is durable. Anything failing from here on leaves a committed journal that
+        // the next open replays: stop accepting work until then.
+        self.open_cut = None;
+        if let Err(e) = self.apply_committed(&header) {
+            if self.dead.is_none() {
+                self.dead = Some(e.to_string());
+            }
+            return Err(e);
+        }
+        Ok(CommitReport {
+            cut,
+            chunks,
+            bytes,
+            elapsed: t0.elapsed(),
+        })
+    }
+
+    /// blake3 of the committed content of regions `first .. first + count` of geometry
+    /// `g`, each clipped at `g`'s device end.
+    pub fn hash_regions(
+        &self,
+        g: &Geometry,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.check_alive()?;
+        if first.saturating_add(count.into()) > g.nr_regions || g.dev_bytes() > self.device_bytes {
+            return Err(StoreError::Usage(format!(
+                "regions {first}..{} are outside the volume ({} regions)",
+                first.saturating_add(count.into()),
+                g.nr_regions
+            )));
+        }
+        let mut buf = vec![0u8; g.region_bytes() as usize];
+        let mut out = Vec::with_capacity(count as usize);
+        for r in first..first + u64::from(count) {
+            let range = g.region_byte_range(r);
+            let b = &mut buf[..(range.end - range.start) as usize];
+            self.device.read_exact_at(b, range.start).map_err(|e| {
+                StoreError::io(
+                    format!("read {} at {}", self.device_path.display(), range.start),
+                    e,
+                )
+            })?;
+            out.push(*blake3::hash(b).as_bytes());
+        }
+        Ok(out)
+    }
+
+    /// Bytes of journal a cut of `chunks` chunks of at most `region_bytes` bytes needs.
+    pub fn journal_bytes_for(chunks: u64, region_bytes: u32) -> u64 {
+        chunks.saturating_mul(CHUNK_HEADER_LEN + u64::from(region_bytes))
+    }
+}

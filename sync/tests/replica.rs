@@ -1,0 +1,688 @@
+//! The replica's session state machine and store, driven frame by frame on real files:
+//! refusals, journal recovery, crash at every commit step, disk full, file modes.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use bdr_sync::frame::{Codec, CutKind, ErrorCode, Frame};
+use bdr_sync::replica::{CommitStep, RecoveryReport, ReplicaSession, ReplicaStore, StoreError};
+use bdr_sync::RoaringBitmap;
+use common::*;
+
+fn open(fx: &Fixture) -> ReplicaStore {
+    ReplicaStore::open(&fx.device(), &fx.state_dir()).unwrap()
+}
+
+/// Feeds frames; returns the replies of the last one, or the first error.
+fn feed(
+    s: &mut ReplicaSession,
+    frames: Vec<Frame>,
+) -> Result<Vec<Frame>, bdr_sync::replica::SessionError> {
+    let mut last = vec![];
+    for f in frames {
+        last = s.on_frame(f)?;
+    }
+    Ok(last)
+}
+
+/// A replica that committed a full rescan of the source as cut 1.
+fn seeded(fx: &Fixture, rng: &mut Rng) -> ReplicaSession {
+    fx.create(rng, 0);
+    let mut s = ReplicaSession::new(open(fx));
+    let w = s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    assert_eq!(
+        w,
+        vec![Frame::Welcome {
+            proto: bdr_sync::PROTO_VERSION,
+            volume: None,
+            last_cut: None,
+            dev_bytes: fx.g.dev_bytes()
+        }]
+    );
+    let src = fx.source_bytes();
+    let r = feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &all_regions(&fx.g), 1, None, CutKind::Rescan),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
+    assert_same(&fx.device_bytes(), &src, "after the seed");
+    s
+}
+
+fn err_code(r: Result<Vec<Frame>, bdr_sync::replica::SessionError>) -> (ErrorCode, String) {
+    let e = r.expect_err("expected a refusal");
+    (e.code, e.message)
+}
+
+#[test]
+fn seed_then_incremental_cuts_and_state_file() {
+    let fx = Fixture::new(16);
+    let mut rng = Rng(1);
+    let mut s = seeded(&fx, &mut rng);
+    for cut in 2..5 {
+        let set = scribble(&fx.source(), &fx.g, &mut rng, 5);
+        let src = fx.source_bytes();
+        let r = feed(
+            &mut s,
+            cut_frames(&src, &fx.g, &set, cut, Some(cut - 1), CutKind::Incremental),
+        );
+        assert_eq!(r.unwrap(), vec![Frame::Committed { cut }]);
+        assert_same(&fx.device_bytes(), &src, &format!("after cut {cut}"));
+        assert_eq!(s.store().state().unwrap().last_cut, cut);
+    }
+    let st_path = fx.state_dir().join("state");
+    let mode = fs::metadata(&st_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = fs::read_to_string(&st_path).unwrap();
+    assert!(text.contains("last_cut 4\n"), "{text}");
+    assert!(!fx.state_dir().join("journal").exists());
+    drop(s);
+    // Reopen: clean, same state.
+    let st = open(&fx);
+    assert_eq!(st.recovery(), &RecoveryReport::Clean);
+    assert_eq!(st.state().unwrap().last_cut, 4);
+    assert_eq!(st.state().unwrap().volume, VOLUME);
+}
+
+#[test]
+fn state_file_readable_by_others_is_refused() {
+    let fx = Fixture::new(4);
+    let mut rng = Rng(2);
+    drop(seeded(&fx, &mut rng));
+    let p = fx.state_dir().join("state");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = ReplicaStore::open(&fx.device(), &fx.state_dir()).unwrap_err();
+    assert!(matches!(e, StoreError::Insecure { mode: 0o644, .. }), "{e}");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+    open(&fx);
+}
+
+#[test]
+fn corrupt_state_file_is_refused() {
+    let fx = Fixture::new(4);
+    let mut rng = Rng(3);
+    drop(seeded(&fx, &mut rng));
+    let p = fx.state_dir().join("state");
+    let t = fs::read_to_string(&p)
+        .unwrap()
+        .replace("last_cut 1", "last_cut 9");
+    fs::write(&p, t).unwrap();
+    let e = ReplicaStore::open(&fx.device(), &fx.state_dir()).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+}
+
+#[test]
+fn second_store_on_the_same_state_dir_is_refused() {
+    let fx = Fixture::new(4);
+    fx.create(&mut Rng(4), 0);
+    let _a = open(&fx);
+    let e = ReplicaStore::open(&fx.device(), &fx.state_dir()).unwrap_err();
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+}
+
+#[test]
+fn wrong_volume() {
+    let fx = Fixture::new(4);
+    let mut rng = Rng(5);
+    drop(seeded(&fx, &mut rng));
+    let mut s = ReplicaSession::new(open(&fx));
+    let (code, msg) = err_code(s.on_frame(hello(&fx.g, OTHER_VOLUME)));
+    assert_eq!(code, ErrorCode::WrongVolume);
+    assert!(msg.contains("wipe --state-dir"), "{msg}");
+    assert!(
+        msg.contains(&bdr_sync::replica::volume_hex(&VOLUME)),
+        "{msg}"
+    );
+    assert!(s.failed());
+    // Anything after a failure is refused too.
+    assert!(s.on_frame(hello(&fx.g, VOLUME)).is_err());
+}
+
+#[test]
+fn device_too_small() {
+    let fx = Fixture::new(4);
+    fx.create(&mut Rng(6), -512);
+    let mut s = ReplicaSession::new(open(&fx));
+    let (code, msg) = err_code(s.on_frame(hello(&fx.g, VOLUME)));
+    assert_eq!(code, ErrorCode::DeviceTooSmall);
+    assert!(msg.contains("at least"), "{msg}");
+}
+
+#[test]
+fn wrong_parent_and_new_replica_needs_rescan() {
+    let fx = Fixture::new(4);
+    let mut rng = Rng(7);
+    fx.create(&mut rng, 0);
+    let src = fx.source_bytes();
+    let set: RoaringBitmap = [1u32].into_iter().collect();
+    // New replica: incremental refused.
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let (code, msg) = err_code(feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &set, 1, None, CutKind::Incremental),
+    ));
+    assert_eq!(code, ErrorCode::WrongParent);
+    assert!(msg.contains("must be a rescan"), "{msg}");
+    drop(s);
+
+    let mut s = seeded(&fx, &mut rng);
+    // Parent 5 while the replica is at 1.
+    let (code, msg) = err_code(feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &set, 6, Some(5), CutKind::Incremental),
+    ));
+    assert_eq!(code, ErrorCode::WrongParent);
+    assert!(msg.contains("last committed cut is 1"), "{msg}");
+    drop(s);
+    // A rescan is accepted whatever the parent; a cut id not newer is not.
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let (code, _) = err_code(feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &set, 1, Some(0), CutKind::Rescan),
+    ));
+    assert_eq!(code, ErrorCode::WrongParent);
+    let mut s = ReplicaSession::new(s.into_store());
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let r = feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &set, 9, Some(3), CutKind::Rescan),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 9 }]);
+}
+
+/// Runs a session through Hello and CutBegin of cut 2 over region set `set`.
+fn in_cut(fx: &Fixture, rng: &mut Rng, set: &RoaringBitmap) -> (ReplicaSession, Vec<Frame>) {
+    let mut s = seeded(fx, rng);
+    scribble(&fx.source(), &fx.g, rng, 10);
+    let frames = cut_frames(
+        &fx.source_bytes(),
+        &fx.g,
+        set,
+        2,
+        Some(1),
+        CutKind::Incremental,
+    );
+    s.on_frame(frames[0].clone()).unwrap();
+    (s, frames)
+}
+
+/// After a refused cut: the replica is still exactly at cut 1 and accepts cut 2 again.
+fn assert_still_at_cut_1(fx: &Fixture, s: ReplicaSession, cut1: &[u8]) {
+    assert!(s.failed());
+    let store = s.into_store();
+    assert_eq!(store.state().unwrap().last_cut, 1);
+    assert!(
+        !fx.state_dir().join("journal").exists(),
+        "journal left behind"
+    );
+    assert_same(&fx.device_bytes(), cut1, "after the refused cut");
+    drop(store);
+    let store = open(fx);
+    assert_eq!(store.recovery(), &RecoveryReport::Clean);
+    assert_same(&fx.device_bytes(), cut1, "after reopening");
+}
+
+#[test]
+fn chunk_outside_the_device_or_the_cut() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(8);
+    let set: RoaringBitmap = [2u32, 3].into_iter().collect();
+    for (offset, len, what) in [
+        (fx.g.dev_bytes() + 65536 * 3, 65536, "outside"), // past the end
+        (8 * 65536, 65536, "outside"),                    // tail region, wrong length
+        (4 * 65536, 65536, "not in cut"),                 // not in the set
+        (2 * 65536 + 512, 65536, "region boundary"),      // misaligned
+    ] {
+        let (mut s, _) = in_cut(&fx, &mut rng, &set);
+        let cut1 = fx.device_bytes();
+        let data = vec![5u8; len as usize];
+        let r = s.on_frame(Frame::Chunk {
+            offset,
+            len,
+            hash: *blake3::hash(&data).as_bytes(),
+            codec: Codec::Raw,
+            data,
+        });
+        let (code, msg) = err_code(r);
+        assert!(
+            matches!(code, ErrorCode::OutOfRange | ErrorCode::BadFrame),
+            "{code} {msg}"
+        );
+        let _ = what;
+        assert_still_at_cut_1(&fx, s, &cut1);
+        let _ = fs::remove_dir_all(fx.state_dir());
+    }
+    // Region set naming a region past the end.
+    let (mut s, _) = in_cut(&fx, &mut rng, &set);
+    s.abort();
+    let mut s = ReplicaSession::new(s.into_store());
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let bad: RoaringBitmap = [2u32, 9].into_iter().collect();
+    let mut regions = vec![];
+    bad.serialize_into(&mut regions).unwrap();
+    let (code, _) = err_code(s.on_frame(Frame::CutBegin {
+        cut: 2,
+        parent: Some(1),
+        kind: CutKind::Incremental,
+        regions,
+    }));
+    assert_eq!(code, ErrorCode::OutOfRange);
+    let (code, _) = {
+        let mut s = ReplicaSession::new(s.into_store());
+        s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+        err_code(s.on_frame(Frame::CutBegin {
+            cut: 2,
+            parent: Some(1),
+            kind: CutKind::Incremental,
+            regions: vec![1, 2, 3, 4, 5],
+        }))
+    };
+    assert_eq!(code, ErrorCode::BadFrame);
+}
+
+#[test]
+fn hash_mismatch_discards_the_cut() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(9);
+    let set: RoaringBitmap = [1u32, 2, 5].into_iter().collect();
+    let (mut s, frames) = in_cut(&fx, &mut rng, &set);
+    let cut1 = fx.device_bytes();
+    s.on_frame(frames[1].clone()).unwrap();
+    // Tamper with the second chunk: flip a byte of its (raw or compressed) data.
+    let Frame::Chunk {
+        offset,
+        len,
+        hash,
+        codec,
+        mut data,
+    } = frames[2].clone()
+    else {
+        panic!()
+    };
+    if codec == Codec::Raw {
+        data[100] ^= 1;
+        let (code, msg) = err_code(s.on_frame(Frame::Chunk {
+            offset,
+            len,
+            hash,
+            codec,
+            data,
+        }));
+        assert_eq!(code, ErrorCode::HashMismatch);
+        assert!(msg.contains("cut is discarded"), "{msg}");
+    } else {
+        let mut h = hash;
+        h[0] ^= 1;
+        let (code, _) = err_code(s.on_frame(Frame::Chunk {
+            offset,
+            len,
+            hash: h,
+            codec,
+            data,
+        }));
+        assert_eq!(code, ErrorCode::HashMismatch);
+    }
+    assert_still_at_cut_1(&fx, s, &cut1);
+}
+
+#[test]
+fn counts_order_and_unexpected_frames() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(10);
+    let set: RoaringBitmap = [1u32, 2, 5].into_iter().collect();
+    // A missing chunk: CutEnd claims what was sent but the set has one more region.
+    let (mut s, frames) = in_cut(&fx, &mut rng, &set);
+    let cut1 = fx.device_bytes();
+    s.on_frame(frames[1].clone()).unwrap();
+    s.on_frame(frames[2].clone()).unwrap();
+    let (code, msg) = err_code(s.on_frame(Frame::CutEnd {
+        cut: 2,
+        chunks: 2,
+        bytes: 2 * 65536,
+    }));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("3 regions"), "{msg}");
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+
+    // A repeated chunk.
+    let (mut s, frames) = in_cut(&fx, &mut rng, &set);
+    let cut1 = fx.device_bytes();
+    s.on_frame(frames[1].clone()).unwrap();
+    let (code, _) = err_code(s.on_frame(frames[1].clone()));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+
+    // Frames out of place.
+    let mut s = seeded(&fx, &mut rng);
+    let (code, msg) = err_code(s.on_frame(Frame::Committed { cut: 1 }));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("between cuts"), "{msg}");
+    let mut s = ReplicaSession::new(s.into_store());
+    let (code, msg) = err_code(s.on_frame(Frame::CutEnd {
+        cut: 1,
+        chunks: 0,
+        bytes: 0,
+    }));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("before Hello"), "{msg}");
+    let mut s = ReplicaSession::new(s.into_store());
+    let mut h = hello(&fx.g, VOLUME);
+    if let Frame::Hello { proto, .. } = &mut h {
+        *proto = 99;
+    }
+    let (code, msg) = err_code(s.on_frame(h));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("protocol 99"), "{msg}");
+}
+
+#[test]
+fn hash_requests() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(11);
+    let mut s = seeded(&fx, &mut rng);
+    let src = fx.source_bytes();
+    let r = s
+        .on_frame(Frame::HashRequest {
+            first_region: 7,
+            count: 2,
+        })
+        .unwrap();
+    let expect: Vec<[u8; 32]> = (7..9)
+        .map(|r| {
+            let br = fx.g.region_byte_range(r);
+            *blake3::hash(&src[br.start as usize..br.end as usize]).as_bytes()
+        })
+        .collect();
+    assert_eq!(
+        r,
+        vec![Frame::Hashes {
+            first_region: 7,
+            hashes: expect
+        }]
+    );
+    let (code, _) = err_code(s.on_frame(Frame::HashRequest {
+        first_region: 8,
+        count: 2,
+    }));
+    assert_eq!(code, ErrorCode::OutOfRange);
+}
+
+#[test]
+fn empty_cut_advances_the_cut_id() {
+    let fx = Fixture::new(4);
+    let mut rng = Rng(12);
+    let mut s = seeded(&fx, &mut rng);
+    let r = feed(
+        &mut s,
+        cut_frames(
+            &fx.source_bytes(),
+            &fx.g,
+            &RoaringBitmap::new(),
+            2,
+            Some(1),
+            CutKind::Incremental,
+        ),
+    );
+    assert_eq!(r.unwrap(), vec![Frame::Committed { cut: 2 }]);
+}
+
+/// Crash at `step` while committing cut 2 (then, if `recovery_crash`, again during the
+/// recovery), reopen, and check the device is exactly cut 1 or cut 2 as the step demands.
+fn crash_case(step: CommitStep, recovery_crash: Option<CommitStep>) {
+    let fx = Fixture::new(6);
+    let mut rng = Rng(100);
+    let s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    let set: RoaringBitmap = [0u32, 2, 3, 6].into_iter().collect();
+    for r in &set {
+        let br = fx.g.region_byte_range(r.into());
+        let mut d = vec![0u8; (br.end - br.start) as usize];
+        rng.fill(&mut d);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(fx.source())
+            .unwrap()
+            .write_all_at_(&d, br.start);
+    }
+    let cut2 = fx.source_bytes();
+    assert_ne!(cut1, cut2);
+    let mut store = s.into_store();
+    store.set_crash_point(Some(step));
+    let mut s = ReplicaSession::new(store);
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let r = feed(
+        &mut s,
+        cut_frames(&cut2, &fx.g, &set, 2, Some(1), CutKind::Incremental),
+    );
+    let e = r.expect_err("the crash must stop the commit");
+    assert!(
+        e.message.contains("injected crash"),
+        "{step:?}: {}",
+        e.message
+    );
+    drop(s); // the "process" is dead: files stay as they are
+
+    let want = if step.is_durable() {
+        (&cut2, 2)
+    } else {
+        (&cut1, 1)
+    };
+    if let Some(rs) = recovery_crash {
+        if let Err(e) = ReplicaStore::open_with_crash_point(&fx.device(), &fx.state_dir(), rs) {
+            assert!(matches!(e, StoreError::Crashed(_)), "{e}");
+        }
+    }
+    let store = open(&fx);
+    assert_eq!(store.state().unwrap().last_cut, want.1, "{step:?}");
+    assert_same(&fx.device_bytes(), want.0, &format!("crash after {step:?}"));
+    assert!(!fx.state_dir().join("journal").exists());
+    match store.recovery() {
+        RecoveryReport::Replayed {
+            cut: 2, chunks: 4, ..
+        } => assert!(step.is_durable()),
+        RecoveryReport::Discarded { .. } => assert!(!step.is_durable()),
+        RecoveryReport::Clean => assert_eq!(step, CommitStep::JournalRemoved),
+        other => panic!("{step:?}: {other:?}"),
+    }
+    // The replica goes on: cut 3 on top of whatever it is at.
+    drop(store);
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let set3: RoaringBitmap = [1u32].into_iter().collect();
+    let r = feed(
+        &mut s,
+        cut_frames(
+            &cut2,
+            &fx.g,
+            &set3,
+            want.1 + 1,
+            Some(want.1),
+            CutKind::Incremental,
+        ),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: want.1 + 1 }]);
+}
+
+trait WriteAt {
+    fn write_all_at_(&self, d: &[u8], off: u64);
+}
+impl WriteAt for fs::File {
+    fn write_all_at_(&self, d: &[u8], off: u64) {
+        std::os::unix::fs::FileExt::write_all_at(self, d, off).unwrap()
+    }
+}
+
+#[test]
+fn crash_at_every_commit_step_leaves_cut_n_minus_1_or_n() {
+    let steps = CommitStep::all(4);
+    assert_eq!(steps.len(), 4 + 2 + 4 + 3);
+    for step in steps {
+        crash_case(step, None);
+    }
+}
+
+#[test]
+fn crash_during_recovery_is_recovered_again() {
+    for step in [CommitStep::CommitRecord, CommitStep::DeviceWrite(1)] {
+        for rs in [
+            CommitStep::DeviceWrite(0),
+            CommitStep::DeviceWrite(3),
+            CommitStep::DeviceSynced,
+            CommitStep::StateUpdated,
+        ] {
+            crash_case(step, Some(rs));
+        }
+    }
+}
+
+#[test]
+fn torn_or_corrupt_uncommitted_journals_are_discarded() {
+    // Crash right after the commit record, then damage the journal in various ways: a
+    // journal whose commit record does not verify is discarded (the device was not yet
+    // touched, so that is cut 1).
+    for damage in 0..4 {
+        let fx = Fixture::new(4);
+        let mut rng = Rng(200 + damage);
+        let s = seeded(&fx, &mut rng);
+        let cut1 = fx.device_bytes();
+        let set = scribble(&fx.source(), &fx.g, &mut rng, 3);
+        let mut store = s.into_store();
+        store.set_crash_point(Some(CommitStep::CommitRecord));
+        let mut s = ReplicaSession::new(store);
+        s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+        assert!(feed(
+            &mut s,
+            cut_frames(
+                &fx.source_bytes(),
+                &fx.g,
+                &set,
+                2,
+                Some(1),
+                CutKind::Incremental
+            )
+        )
+        .is_err());
+        drop(s);
+        let j = fx.state_dir().join("journal");
+        let mut bytes = fs::read(&j).unwrap();
+        match damage {
+            0 => bytes.truncate(bytes.len() - 1),      // torn commit record
+            1 => bytes.truncate(bytes.len() - 64 - 7), // torn chunk data, no commit
+            2 => bytes[64 + 48 + 10] ^= 1,             // flipped data bit
+            _ => bytes.truncate(30),                   // torn header
+        }
+        fs::write(&j, &bytes).unwrap();
+        let store = open(&fx);
+        assert!(
+            matches!(store.recovery(), RecoveryReport::Discarded { .. }),
+            "{damage}: {:?}",
+            store.recovery()
+        );
+        assert_eq!(store.state().unwrap().last_cut, 1);
+        assert_same(&fx.device_bytes(), &cut1, "discarded journal");
+    }
+}
+
+#[test]
+fn abort_mid_cut_keeps_the_last_cut() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(13);
+    let set: RoaringBitmap = [1u32, 2, 5].into_iter().collect();
+    let (mut s, frames) = in_cut(&fx, &mut rng, &set);
+    let cut1 = fx.device_bytes();
+    s.on_frame(frames[1].clone()).unwrap();
+    assert_eq!(s.in_cut(), Some(2));
+    assert!(fx.state_dir().join("journal").exists());
+    s.abort();
+    assert_still_at_cut_1(&fx, s, &cut1);
+}
+
+/// Mounts a 1 MiB tmpfs on `dir`; `false` if that is not possible here.
+fn mount_small_tmpfs(dir: &Path) -> bool {
+    fs::create_dir_all(dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1M,mode=0700", "tmpfs"])
+        .arg(dir)
+        .status();
+    matches!(st, Ok(s) if s.success())
+}
+
+struct Unmount<'a>(&'a Path);
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn state_dir_full_aborts_the_cut_with_no_space() {
+    let fx = Fixture::new(40); // 40 x 64 KiB = 2.5 MiB per full cut > 1 MiB tmpfs
+    let mut rng = Rng(14);
+    fx.create(&mut rng, 0);
+    let dir = fx.state_dir();
+    if !mount_small_tmpfs(&dir) {
+        eprintln!(
+            "SKIPPED state_dir_full_aborts_the_cut_with_no_space: cannot mount a tmpfs (not root?)"
+        );
+        return;
+    }
+    let _guard = Unmount(&dir);
+    // Seed with a small rescan (8 regions: 512 KiB of journal fits).
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let src = fx.source_bytes();
+    let small: RoaringBitmap = (0u32..8).collect();
+    let r = feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &small, 1, None, CutKind::Rescan),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
+    let cut1 = fx.device_bytes();
+    // A full cut needs ~2.5 MiB of journal.
+    scribble(&fx.source(), &fx.g, &mut rng, 20);
+    let src2 = fx.source_bytes();
+    let frames = cut_frames(
+        &src2,
+        &fx.g,
+        &all_regions(&fx.g),
+        2,
+        Some(1),
+        CutKind::Incremental,
+    );
+    let e = feed(&mut s, frames).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NoSpace, "{}", e.message);
+    assert!(e.message.contains("is full"), "{}", e.message);
+    assert!(e.message.contains("move --state-dir"), "{}", e.message);
+    assert!(
+        e.message.contains(&dir.display().to_string()),
+        "{}",
+        e.message
+    );
+    let store = s.into_store();
+    assert_eq!(store.state().unwrap().last_cut, 1);
+    assert!(!dir.join("journal").exists(), "partial journal left behind");
+    assert_same(&fx.device_bytes(), &cut1, "after the refused cut");
+    // A cut that fits still commits.
+    let mut s = ReplicaSession::new(store);
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let set: RoaringBitmap = [3u32, 4].into_iter().collect();
+    let r = feed(
+        &mut s,
+        cut_frames(&src2, &fx.g, &set, 2, Some(1), CutKind::Incremental),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 2 }]);
+    drop(s);
+}
