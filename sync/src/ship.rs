@@ -513,7 +513,10 @@ where
         self.broken = true;
         let g = self.geometry;
         let total = g.nr_regions;
-        let batch = u64::from(self.opts.hash_batch.clamp(1, MAX_HASH_BATCH));
+        // At most ~64 MiB of reading per request, whatever the region size, so the
+        // replica answers well within the reply timeout.
+        let by_bytes = ((64u64 << 20) / g.region_bytes()).max(1);
+        let batch = u64::from(self.opts.hash_batch.clamp(1, MAX_HASH_BATCH)).min(by_bytes);
         let workers = self.opts.in_flight.max(1) as u64;
         let wire0 = self.writer.bytes_written();
         let mut next = 0u64;

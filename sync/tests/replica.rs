@@ -638,14 +638,15 @@ fn state_dir_full_aborts_the_cut_with_no_space() {
         return;
     }
     let _guard = Unmount(&dir);
-    // Seed with a small rescan (8 regions: 512 KiB of journal fits).
+    // The seed of a new replica goes straight to the device: a full 2.5 MiB rescan
+    // needs no journal space.
     let mut s = ReplicaSession::new(open(&fx));
     s.on_frame(hello(&fx.g, VOLUME)).unwrap();
     let src = fx.source_bytes();
-    let small: RoaringBitmap = (0u32..8).collect();
+    let all = all_regions(&fx.g);
     let r = feed(
         &mut s,
-        cut_frames(&src, &fx.g, &small, 1, None, CutKind::Rescan),
+        cut_frames(&src, &fx.g, &all, 1, None, CutKind::Rescan),
     )
     .unwrap();
     assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
@@ -685,4 +686,52 @@ fn state_dir_full_aborts_the_cut_with_no_space() {
     .unwrap();
     assert_eq!(r, vec![Frame::Committed { cut: 2 }]);
     drop(s);
+}
+
+#[test]
+fn crash_at_every_step_of_a_seed_leaves_a_new_replica_or_cut_1() {
+    let steps = CommitStep::all_seed(5);
+    assert_eq!(steps.len(), 5 + 2);
+    for step in steps {
+        let fx = Fixture::new(4);
+        let mut rng = Rng(300);
+        fx.create(&mut rng, 0);
+        let src = fx.source_bytes();
+        let all = all_regions(&fx.g);
+        let mut store = open(&fx);
+        store.set_crash_point(Some(step));
+        let mut s = ReplicaSession::new(store);
+        s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+        let e = feed(
+            &mut s,
+            cut_frames(&src, &fx.g, &all, 1, None, CutKind::Rescan),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("injected crash"), "{}", e.message);
+        drop(s);
+        assert!(
+            !fx.state_dir().join("journal").exists(),
+            "a seed writes no journal"
+        );
+        let store = open(&fx);
+        match store.state() {
+            // Not committed: still a new replica, which accepts only a rescan.
+            None => assert_ne!(step, CommitStep::StateUpdated),
+            Some(st) => {
+                assert_eq!(step, CommitStep::StateUpdated);
+                assert_eq!(st.last_cut, 1);
+                assert_same(&fx.device_bytes(), &src, "seed committed");
+            }
+        }
+        // A rescan from there completes the seed.
+        let mut s = ReplicaSession::new(store);
+        s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+        let r = feed(
+            &mut s,
+            cut_frames(&src, &fx.g, &all, 2, None, CutKind::Rescan),
+        )
+        .unwrap();
+        assert_eq!(r, vec![Frame::Committed { cut: 2 }]);
+        assert_same(&fx.device_bytes(), &src, "after the second seed");
+    }
 }

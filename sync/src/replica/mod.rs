@@ -57,6 +57,14 @@ impl CommitStep {
         v
     }
 
+    /// Every step of the commit of the first cut of a new replica (a seed, written
+    /// straight to the device without a journal), in order.
+    pub fn all_seed(chunks: u64) -> Vec<CommitStep> {
+        let mut v: Vec<_> = (0..chunks).map(CommitStep::DeviceWrite).collect();
+        v.extend([CommitStep::DeviceSynced, CommitStep::StateUpdated]);
+        v
+    }
+
     /// Whether the cut survives a crash right after this step.
     pub fn is_durable(&self) -> bool {
         !matches!(

@@ -43,6 +43,14 @@ pub struct CommitReport {
     pub elapsed: Duration,
 }
 
+/// The first cut of a new replica, written straight to the device: there is no committed
+/// cut to protect yet, so no journal (which would need as much space as the device).
+struct SeedCut {
+    header: CutHeader,
+    chunks: u64,
+    bytes: u64,
+}
+
 struct OpenCut {
     header: CutHeader,
     writer: JournalWriter,
@@ -60,6 +68,7 @@ pub struct ReplicaStore {
     _lock: File,
     state: Option<ReplicaState>,
     open_cut: Option<OpenCut>,
+    seed: Option<SeedCut>,
     recovery: RecoveryReport,
     crash_at: Option<CommitStep>,
     dead: Option<String>,
@@ -170,6 +179,7 @@ impl ReplicaStore {
             _lock: lock,
             state: st,
             open_cut: None,
+            seed: None,
             recovery: RecoveryReport::Clean,
             crash_at,
             dead: None,
@@ -211,7 +221,10 @@ impl ReplicaStore {
 
     /// Whether a cut is being received.
     pub fn in_cut(&self) -> Option<u64> {
-        self.open_cut.as_ref().map(|c| c.header.cut)
+        self.open_cut
+            .as_ref()
+            .map(|c| c.header.cut)
+            .or(self.seed.as_ref().map(|c| c.header.cut))
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -231,6 +244,7 @@ impl ReplicaStore {
             return Ok(());
         }
         self.dead = Some(format!("injected crash after {step:?}"));
+        self.seed = None;
         if let Some(oc) = self.open_cut.take() {
             // A dying process loses its user-space buffers: no flush.
             let _ = oc.writer.out.into_parts();
@@ -365,6 +379,16 @@ impl ReplicaStore {
                 self.device_path.display()
             )));
         }
+        if self.state.is_none() {
+            // A new replica: seed straight onto the device (see SeedCut).
+            self.remove_journal()?;
+            self.seed = Some(SeedCut {
+                header,
+                chunks: 0,
+                bytes: 0,
+            });
+            return Ok(());
+        }
         let path = self.journal_path();
         let total = HEADER_LEN + needed + COMMIT_LEN + COMMIT_RESERVE;
         let res = (|| -> io::Result<JournalWriter> {
@@ -410,6 +434,25 @@ impl ReplicaStore {
         hash: &[u8; 32],
     ) -> Result<(), StoreError> {
         self.check_alive()?;
+        if let Some(sc) = self.seed.as_mut() {
+            let end = offset.checked_add(data.len() as u64);
+            if data.is_empty() || end.map_or(true, |e| e > sc.header.dev_bytes) {
+                return Err(StoreError::Usage(format!(
+                    "chunk of {} bytes at {offset} is outside the volume",
+                    data.len()
+                )));
+            }
+            self.device.write_all_at(data, offset).map_err(|e| {
+                StoreError::io(
+                    format!("write {} at {offset}", self.device_path.display()),
+                    e,
+                )
+            })?;
+            let k = sc.chunks;
+            sc.chunks += 1;
+            sc.bytes += data.len() as u64;
+            return self.step(CommitStep::DeviceWrite(k));
+        }
         let oc = self
             .open_cut
             .as_mut()
@@ -442,6 +485,12 @@ impl ReplicaStore {
 
     /// Drops the open cut, if any, and its journal. The committed state is untouched.
     pub fn abort_cut(&mut self) {
+        if let Some(sc) = self.seed.take() {
+            tracing::info!(
+                cut = sc.header.cut,
+                "seed cut discarded (the replica stays new)"
+            );
+        }
         if let Some(oc) = self.open_cut.take() {
             let (_f, _) = oc.writer.out.into_parts();
             let _ = fs::remove_file(self.journal_path());
@@ -456,6 +505,36 @@ impl ReplicaStore {
     pub fn commit_cut(&mut self, cut: u64) -> Result<CommitReport, StoreError> {
         self.check_alive()?;
         let t0 = Instant::now();
+        if let Some(sc) = self.seed.as_ref() {
+            if sc.header.cut != cut {
+                return Err(StoreError::Usage(format!(
+                    "commit of cut {cut} but cut {} is open",
+                    sc.header.cut
+                )));
+            }
+            let (header, chunks, bytes) = (sc.header.clone(), sc.chunks, sc.bytes);
+            self.device.sync_data().map_err(|e| {
+                StoreError::io(format!("fdatasync {}", self.device_path.display()), e)
+            })?;
+            self.step(CommitStep::DeviceSynced)?;
+            self.seed = None;
+            let st = ReplicaState {
+                volume: header.volume,
+                last_cut: header.cut,
+                dev_bytes: header.dev_bytes,
+                region_bytes: header.region_bytes,
+                committed_at: SystemTime::now(),
+            };
+            write_state(&self.dir, &st)?;
+            self.state = Some(st);
+            self.step(CommitStep::StateUpdated)?;
+            return Ok(CommitReport {
+                cut,
+                chunks,
+                bytes,
+                elapsed: t0.elapsed(),
+            });
+        }
         let oc = self
             .open_cut
             .as_mut()
