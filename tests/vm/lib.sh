@@ -45,6 +45,9 @@
 #   mk_loop SIZE_MB    loop device over a sparse file on the scratch tmpfs (RAM!)
 #   mk_brd SIZE_MB     /dev/ram0 (brd is reloaded with rd_nr=1: one brd device at a time)
 #   mk_dm NAME TABLE   dmsetup create NAME with a one-line TABLE; prints /dev/mapper/NAME
+#   rm_dm NAME         remove a dm device: waits for udev first and retries while busy (udev's
+#                      blkid opens a device briefly after each close-after-write: a plain
+#                      `dmsetup remove` right after I/O can fail with EBUSY); gone already = ok
 #   mk_linear NAME DEV [OFFSET_SECTORS]   dm-linear over all of DEV past OFFSET_SECTORS
 #   mk_bdr NAME DEV [REGION_SECTORS [BITMAP_ID]]  bdr target over all of DEV (region 128
 #                      sectors, bitmap id NAME by default); loads the module first
@@ -252,10 +255,12 @@ mk_brd() {
 	echo /dev/ram0
 }
 
-_dm_rm() { # already removed is fine
-	dmsetup info "$1" >/dev/null 2>&1 || return 0
+rm_dm() {
+	dmsetup info "${1:?rm_dm NAME}" >/dev/null 2>&1 || return 0
+	_t_settle
 	dmsetup remove --retry "$1"
 }
+_dm_rm() { rm_dm "$@"; }
 
 mk_dm() {
 	local name=${1:?mk_dm NAME TABLE} table=${2:?mk_dm NAME TABLE}
