@@ -75,10 +75,7 @@ pub fn run(args: &AttachArgs) -> Result<()> {
     let info = dm.create(name, &uuid, (0, sectors, TARGET_TYPE, params))?;
     let d = info.device();
     let dev = DevNum::new(d.major, d.minor);
-    let (path, made) = dm::ensure_node(name, dev, UDEV_WAIT)?;
-    if made {
-        tracing::info!("udev did not create {}; created it", path.display());
-    }
+    let (path, _made) = dm::ensure_node(name, dev, UDEV_WAIT)?;
     print_created(name, &path, dev, &lower, args.region_size, &id);
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::mountinfo::{self, Mount};
-use crate::size::{format_bytes, format_bytes_exact, SECTOR_SIZE};
+use crate::size::{format_bytes, format_bytes_exact, MAX_REGIONS, SECTOR_SIZE};
 use crate::target::DevNum;
 
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
@@ -276,8 +276,21 @@ pub fn device_size(file: &File) -> Result<u64> {
     Ok(size)
 }
 
-/// Check that a region of `region_bytes` fits the device.
+/// Check that a region of `region_bytes` fits the device, and that the device doesn't
+/// need more regions than dm-bdr allows.
 pub fn check_region_fits(lower: &LowerDevice, region_bytes: u64) -> Result<()> {
+    let regions = lower.size_bytes.div_ceil(region_bytes.max(1));
+    if regions > MAX_REGIONS {
+        let need = lower.size_bytes.div_ceil(MAX_REGIONS).next_power_of_two();
+        bail!(
+            "{} ({}) would need {regions} regions of {}, more than the {MAX_REGIONS} allowed; \
+             use --region-size {} or larger",
+            lower.given.display(),
+            format_bytes(lower.size_bytes),
+            format_bytes_exact(region_bytes),
+            format_bytes_exact(need)
+        );
+    }
     if region_bytes > lower.size_bytes {
         bail!(
             "region size {} is bigger than {} ({}); choose a smaller --region-size",
@@ -360,6 +373,14 @@ mod tests {
             .to_string();
         assert!(e.contains("bigger than /dev/tiny (32 KiB)"), "{e}");
         assert_eq!(lower.sectors(), 64);
+
+        let huge = LowerDevice {
+            size_bytes: 64 << 40, // 64 TiB: 2^34 regions of 4 KiB
+            ..lower
+        };
+        let e = check_region_fits(&huge, 4096).unwrap_err().to_string();
+        assert!(e.contains("use --region-size 16 KiB or larger"), "{e}");
+        assert!(check_region_fits(&huge, 16384).is_ok());
     }
 
     #[test]

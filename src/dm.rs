@@ -13,6 +13,15 @@ use devicemapper::{DevId, DeviceInfo, DmError, DmFlags, DmName, DmOptions, DmUui
 use crate::target::{DevNum, InfoStatus, TableParams, TARGET_TYPE};
 
 pub const CONTROL_PATH: &str = "/dev/mapper/control";
+/// udevd's control socket: the devicemapper crate syncs with udev whenever it exists.
+pub const UDEV_CONTROL: &str = "/run/udev/control";
+const DM_NOTIFY_RULES: &str = "95-dm-notify.rules";
+const UDEV_RULE_DIRS: [&str; 4] = [
+    "/etc/udev/rules.d",
+    "/run/udev/rules.d",
+    "/usr/lib/udev/rules.d",
+    "/lib/udev/rules.d",
+];
 pub const MAPPER_DIR: &str = "/dev/mapper";
 
 /// The errno inside a devicemapper error, if it came from an ioctl.
@@ -58,6 +67,49 @@ fn explain_unavailable(err: &io::Error) -> anyhow::Error {
             "device-mapper not accessible: permission denied opening {CONTROL_PATH}; run bdr as root"
         ),
         _ => anyhow!("device-mapper not available: cannot open {CONTROL_PATH}: {err}"),
+    }
+}
+
+/// Whether udevd answers on its control socket: `None` if the socket doesn't exist.
+fn udev_alive() -> Option<bool> {
+    match std::os::unix::net::UnixStream::connect(UDEV_CONTROL) {
+        Ok(_) => Some(true),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOENT) => None,
+            // A socket file nobody listens on: udevd died without cleaning up.
+            Some(libc::ECONNREFUSED) => Some(false),
+            // udevd listens with SOCK_SEQPACKET, so a stream connect to a live one fails
+            // with EPROTOTYPE; anything else we also take as alive.
+            _ => Some(true),
+        },
+    }
+}
+
+/// Resume and remove make the devicemapper crate wait on a semaphore that udev's DM rules
+/// release; if udev is dead or lacks those rules, that wait never ends. Refuse up front
+/// instead of hanging.
+pub fn check_udev_sync() -> Result<()> {
+    match udev_alive() {
+        None => Ok(()),
+        Some(false) => bail!(
+            "udev is not running but its control socket {UDEV_CONTROL} is still there, so \
+             device-mapper would wait forever for it; start udev, or remove the stale \
+             {UDEV_CONTROL} to work without it"
+        ),
+        Some(true) => {
+            if UDEV_RULE_DIRS
+                .iter()
+                .any(|d| Path::new(d).join(DM_NOTIFY_RULES).exists())
+            {
+                Ok(())
+            } else {
+                bail!(
+                    "udev is running without device-mapper's rules ({DM_NOTIFY_RULES}), so \
+                     device-mapper would wait forever for it; install dmsetup's udev rules \
+                     (apt-get install dmsetup) or stop udev"
+                )
+            }
+        }
     }
 }
 
@@ -174,7 +226,7 @@ impl Dm {
         Ok(Table::Other(
             targets
                 .iter()
-                .map(|(s, l, t, p)| format!("{s} {l} {t} {p}"))
+                .map(|(s, l, t, p)| format!("{s} {l} {t} {p}").trim_end().to_string())
                 .collect(),
         ))
     }
@@ -203,6 +255,7 @@ impl Dm {
     ) -> Result<DeviceInfo> {
         let n = name_ref(name)?;
         let u = DmUuid::new(uuid).map_err(|e| anyhow!("invalid DM uuid '{uuid}': {e}"))?;
+        check_udev_sync()?;
         self.dm
             .device_create(n, Some(u), DmOptions::default())
             .map_err(|e| {
@@ -245,6 +298,7 @@ impl Dm {
     /// Remove a device.
     pub fn remove(&self, name: &str) -> Result<DeviceInfo> {
         let n = name_ref(name)?;
+        check_udev_sync()?;
         self.dm
             .device_remove(&DevId::Name(n), DmOptions::default())
             .map_err(|e| {
@@ -284,7 +338,7 @@ pub fn ensure_node(name: &str, dev: DevNum, wait: Duration) -> Result<(PathBuf, 
         }
         sleep(Duration::from_millis(50));
     }
-    tracing::info!("{} did not appear; creating it", path.display());
+    tracing::info!("udev did not create {}; creating the node", path.display());
     fs::create_dir_all(MAPPER_DIR).with_context(|| format!("cannot create {MAPPER_DIR}"))?;
     // A stale node or dangling link of the same name (no udev to clean up) is replaced.
     if fs::symlink_metadata(&path).is_ok() {

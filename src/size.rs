@@ -9,6 +9,12 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Smallest region the kernel target accepts: 8 sectors.
 pub const MIN_REGION_BYTES: u64 = 4096;
 
+/// Largest region dm-bdr accepts: 2^21 sectors.
+pub const MAX_REGION_BYTES: u64 = 1 << 30;
+
+/// Most regions one dm-bdr device may have (user space indexes them by u32).
+pub const MAX_REGIONS: u64 = 1 << 32;
+
 /// Default region: 128 sectors.
 pub const DEFAULT_REGION_BYTES: u64 = 64 * 1024;
 
@@ -70,8 +76,8 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         .ok_or_else(|| SizeError::Overflow(s.to_string()))
 }
 
-/// Check a region size in bytes and return it in sectors: a power of two, at least
-/// 4 KiB, and expressible as a 32-bit sector count.
+/// Check a region size in bytes and return it in sectors: a power of two from 4 KiB
+/// to 1 GiB.
 pub fn region_sectors_from_bytes(bytes: u64) -> Result<u32, String> {
     if !bytes.is_power_of_two() {
         return Err(format!(
@@ -89,6 +95,12 @@ pub fn region_sectors_from_bytes(bytes: u64) -> Result<u32, String> {
     if bytes < MIN_REGION_BYTES {
         return Err(format!(
             "region size {} is below the minimum of 4 KiB",
+            format_bytes_exact(bytes)
+        ));
+    }
+    if bytes > MAX_REGION_BYTES {
+        return Err(format!(
+            "region size {} is above the maximum of 1 GiB",
             format_bytes_exact(bytes)
         ));
     }
@@ -236,7 +248,10 @@ mod tests {
         assert!(e.contains("not a power of two"), "{e}");
         assert!(parse_region_size("0").is_err());
         assert!(parse_region_size("junk").is_err());
-        assert!(parse_region_size("4T").is_err()); // 2^33 sectors > u32
+        assert_eq!(parse_region_size("1G").map(|r| r.sectors()), Ok(1 << 21));
+        let e = parse_region_size("2G").unwrap_err();
+        assert!(e.contains("maximum of 1 GiB"), "{e}");
+        assert!(parse_region_size("4T").is_err());
         assert_eq!(RegionSize::default().sectors(), 128);
         assert_eq!(RegionSize::default().to_string(), "64 KiB");
     }
