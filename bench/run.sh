@@ -46,7 +46,7 @@ for kver in "${kernels[@]}"; do
 	load0=$(cut -d' ' -f1 /proc/loadavg)
 	[ "${load0%%.*}" -lt 1 ] || vm_log "host load average is $load0: numbers will be noisy"
 	t0=$(date +%s)
-	vm_boot "$kver" "$raw" "$tmo" - bash "$root/bench/guest.sh" "$raw/guest.env"
+	VM_BOOT_STARTED=$raw/bench.cases vm_boot "$kver" "$raw" "$tmo" - bash "$root/bench/guest.sh" "$raw/guest.env"
 	vm_log "guest run took $(($(date +%s) - t0))s"
 	load1=$(cut -d' ' -f1-3 /proc/loadavg)
 	printf 'host_load %s before, %s (1/5/15 min) after; %s host cpus\n' "$load0" "$load1" "$(nproc)" >>"$raw/setup.txt"

@@ -87,7 +87,7 @@ vm_build_kmod "$kver" "$res" || exit 1
 vm_build_rust || exit 1
 vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="$VM_KO" BDR_BIN="$VM_BDR_BIN"
 vm_log "booting $kver (software emulation: ~15 s to a shell)"
-vm_boot "$kver" "$res" 300 - bash "$root/scripts/demo.sh" --guest "$res/guest.env"
+VM_BOOT_STARTED=$res/demo.cases vm_boot "$kver" "$res" 300 - bash "$root/scripts/demo.sh" --guest "$res/guest.env"
 echo
 if [ "$(head -n1 "$res/demo.verdict" 2>/dev/null | awk '{print $1}')" = PASS ]; then
 	echo "demo: ok ($kver)"

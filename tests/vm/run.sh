@@ -82,7 +82,7 @@ for kver in "${kernels[@]}"; do
 		VM_SUITE_TIMEOUT="${VM_SUITE_TIMEOUT:-300}"
 	vm_log "booting, ${#suites[@]} suite(s), hard timeout ${boot_timeout}s"
 	t0=$(date +%s)
-	vm_boot "$kver" "$res" "$boot_timeout" "$res/console.log" \
+	VM_BOOT_STARTED=$res/guest.log vm_boot "$kver" "$res" "$boot_timeout" "$res/console.log" \
 		bash "$here/guest.sh" "$res/guest.env" "${suites[@]}"
 	brc=$?
 	secs=$(($(date +%s) - t0))
