@@ -108,18 +108,26 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::io(format!("open {}", path.display()), e))?;
-    // SAFETY: flock on a valid descriptor we own.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-            });
+    // A child process forked by this process (or a previous holder's) keeps a copy of the
+    // lock's descriptor until it execs: retry for a moment before calling the dir busy.
+    for attempt in 0.. {
+        // SAFETY: flock on a valid descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(f);
         }
-        return Err(StoreError::io(format!("lock {}", path.display()), e));
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::io(format!("lock {}", path.display()), e));
+        }
+        if attempt == 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(f)
+    Err(StoreError::Locked {
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Reserves `len` bytes for `f`; `Ok` also when the file system cannot preallocate.
