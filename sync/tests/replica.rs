@@ -735,3 +735,56 @@ fn crash_at_every_step_of_a_seed_leaves_a_new_replica_or_cut_1() {
         assert_same(&fx.device_bytes(), &src, "after the second seed");
     }
 }
+
+#[test]
+fn region_set_in_several_pieces() {
+    let fx = Fixture::new(12);
+    let mut rng = Rng(15);
+    let mut s = seeded(&fx, &mut rng);
+    scribble(&fx.source(), &fx.g, &mut rng, 10);
+    let src = fx.source_bytes();
+    let set: RoaringBitmap = [1u32, 4, 9, 12].into_iter().collect();
+    let mut frames = cut_frames(&src, &fx.g, &set, 2, Some(1), CutKind::Incremental);
+    // Split the set over CutBegin and two CutRegions.
+    let ser = |v: &[u32]| {
+        let b: RoaringBitmap = v.iter().copied().collect();
+        let mut out = vec![];
+        b.serialize_into(&mut out).unwrap();
+        out
+    };
+    let Frame::CutBegin { regions, .. } = &mut frames[0] else {
+        panic!()
+    };
+    *regions = ser(&[1]);
+    frames.insert(
+        1,
+        Frame::CutRegions {
+            regions: ser(&[4, 9]),
+        },
+    );
+    frames.insert(
+        2,
+        Frame::CutRegions {
+            regions: ser(&[12]),
+        },
+    );
+    let mut expect = fx.device_bytes();
+    for r in &set {
+        let br = fx.g.region_byte_range(r.into());
+        let (a, b) = (br.start as usize, br.end as usize);
+        expect[a..b].copy_from_slice(&src[a..b]);
+    }
+    let r = feed(&mut s, frames.clone()).unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 2 }]);
+    assert_same(&fx.device_bytes(), &expect, "pieces");
+    // Without the last piece, region 12's chunk is outside the cut.
+    let mut s = ReplicaSession::new(s.into_store());
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    frames.remove(2);
+    if let Frame::CutBegin { cut, parent, .. } = &mut frames[0] {
+        *cut = 3;
+        *parent = Some(2);
+    }
+    let (code, _) = err_code(feed(&mut s, frames));
+    assert_eq!(code, ErrorCode::OutOfRange);
+}

@@ -574,9 +574,8 @@ async fn a_second_primary_is_told_busy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_cut_in_several_region_pieces_and_bounded_window() {
-    // 4 KiB regions: a region set of more than one piece would need > 4 MiB of bitmap;
-    // here just check many small chunks flow with a window of 1.
+async fn many_small_chunks_with_a_window_of_one() {
+    // 3000 chunks of 4 KiB, one in flight at a time.
     let dir = tempfile::tempdir().unwrap();
     let g = bdr_sync::Geometry::new(8, 8 * 3000).unwrap();
     let fx = Fixture { dir, g };
