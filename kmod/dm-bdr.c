@@ -441,8 +441,10 @@ static int bdr_message(struct dm_target *ti, unsigned int argc, char **argv,
 		DMERR("Unrecognised message '%s': freeze, ack or merge", argv[0]);
 		r = -EINVAL;
 	}
-	if (!r)
+	if (!r) {
 		DMEMIT("%llu", m->frozen_regions);
+		r = 1;	/* tells dm that @result holds a reply */
+	}
 	mutex_unlock(&bdr_lock);
 	return r;
 }

@@ -27,6 +27,29 @@ pub enum Command {
     Detach(DetachArgs),
     /// Show dirty-region counters of one or all bdr devices.
     Status(StatusArgs),
+    /// Low-level access to a device's dirty bitmap (debugging, tests, recovery).
+    #[command(subcommand)]
+    Bitmap(BitmapCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BitmapCommand {
+    /// Move the active bits into the frozen bitmap; prints the frozen region count.
+    Freeze { name: String },
+    /// Drop the frozen bitmap (its regions are replicated).
+    Ack { name: String },
+    /// OR the frozen bitmap back into the active one.
+    Merge { name: String },
+    /// Print region indices, one per line.
+    Dump {
+        name: String,
+        /// The frozen bitmap (default).
+        #[arg(long, conflicts_with = "active")]
+        frozen: bool,
+        /// The active bitmap, without clearing it.
+        #[arg(long)]
+        active: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

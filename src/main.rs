@@ -1,6 +1,7 @@
 //! `bdr`: command-line front end of the observational block-device replicator.
 
 mod attach;
+mod bitmap_cmd;
 mod blockdev;
 mod cli;
 mod detach;
@@ -42,6 +43,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Attach(a) => attach::run(a),
         Command::Detach(d) => detach::run(&d.name),
         Command::Status(s) => status::run(s.name.as_deref(), s.json),
+        Command::Bitmap(b) => bitmap_cmd::run(b),
     }
 }
 
