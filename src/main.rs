@@ -4,6 +4,7 @@ mod attach;
 mod bitmap_cmd;
 mod blockdev;
 mod cli;
+mod cut;
 mod detach;
 mod dm;
 mod kmod;

@@ -1,0 +1,1 @@
+//! A user-space stand-in for cuts, for host tests (written by the daemon work).

@@ -1,0 +1,55 @@
+//! Cuts: a consistent, point-in-time image of the primary plus the regions written since the
+//! previous committed cut.
+//!
+//! A [`CutSource`] hands out one [`Cut`] at a time. Invariant: between [`CutSource::take`]
+//! and [`CutSource::commit`] / [`CutSource::abort`], the regions of the cut are held in the
+//! bitmap's frozen set, and the image does not change. `commit` drops them (the replica has
+//! them); `abort` merges them back into the active set, so a failed cut loses nothing.
+//! A source whose process dies mid-cut recovers at the next [`CutSource::take`]: frozen bits
+//! left behind are merged back, leftover snapshot devices removed.
+
+pub mod dm;
+pub mod file;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use bdr_bitmap::{Generation, Geometry, MapInfo, RoaringBitmap};
+use bdr_sync::ship::CutImage;
+
+/// One frozen cut.
+pub struct Cut {
+    /// The device as it was at the cut's instant; stays unchanged until commit/abort.
+    pub image: Arc<dyn CutImage>,
+    /// Regions written since the previous committed cut (the frozen bitmap).
+    pub regions: RoaringBitmap,
+    pub geometry: Geometry,
+    /// Generation of the bitmap the regions came from.
+    pub generation: Generation,
+    /// How long writers were held off to take the cut (suspend to resume).
+    pub suspend: Duration,
+}
+
+/// Fill of the copy-on-write store that keeps a cut's image, if it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CowUsage {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+    /// The store overflowed: the image is invalid and the cut must be aborted.
+    pub invalid: bool,
+}
+
+/// Something that can freeze cuts of a primary device.
+pub trait CutSource: Send {
+    /// Bitmap geometry, generation and counters now.
+    fn info(&self) -> Result<MapInfo>;
+    /// Freeze a new cut. Only one cut exists at a time.
+    fn take(&mut self) -> Result<Cut>;
+    /// The replica committed the cut: forget its regions and release its image.
+    fn commit(&mut self, cut: Cut) -> Result<()>;
+    /// The cut failed: merge its regions back into the active bitmap, release its image.
+    fn abort(&mut self, cut: Cut) -> Result<()>;
+    /// Fill of the image's copy-on-write store while a cut is live.
+    fn cow_usage(&self) -> Option<CowUsage>;
+}
