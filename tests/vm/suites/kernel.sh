@@ -143,8 +143,11 @@ wait $fio_pid || t_fail "fio failed"
 assert_ok "$BDR_BIN" bitmap dump k-load --active >>"$got"
 t_info "freezes during the run: $freezes"
 [ "$freezes" -ge 5 ] || t_fail "only $freezes freezes during the fio run"
-# iolog lines: FILE write OFFSET LENGTH (fio 3.x iolog v2); regions are 4 KiB here.
-for f in "$iolog"*; do awk '$2 == "write" {for (r = int($3 / 4096); r <= int(($3 + $4 - 1) / 4096); r++) print r}' "$f"; done |
+# iolog v2 lines: FILE write OFFSET LENGTH; v3 puts a timestamp first. Regions are 4 KiB.
+for f in "$iolog"*; do
+	awk '$2 == "write" { o = $3; l = $4 } $3 == "write" { o = $4; l = $5 }
+		o != "" { for (r = int(o / 4096); r <= int((o + l - 1) / 4096); r++) print r; o = "" }' "$f"
+done |
 	sort -nu >"$got.expected"
 sort -nu "$got" >"$got.sorted"
 assert_eq "$(wc -l <"$got.expected")" "$(wc -l <"$got.sorted")" "region count: fio log vs bitmaps"
