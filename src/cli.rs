@@ -1,10 +1,11 @@
 //! Command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::size::{parse_region_size, RegionSize};
+use crate::size::{parse_region_size, parse_size, RegionSize};
 use crate::target::{parse_bitmap_id, parse_dm_name};
 
 /// Observational block-device replicator.
@@ -30,6 +31,157 @@ pub enum Command {
     /// Low-level access to a device's dirty bitmap (debugging, tests, recovery).
     #[command(subcommand)]
     Bitmap(BitmapCommand),
+    /// The primary's replication daemon.
+    #[command(subcommand)]
+    Primary(PrimaryCommand),
+    /// One cut now (`bdr sync --once NAME --peer ADDR`): exits 0 once the replica committed it.
+    Sync(SyncArgs),
+    /// Compare a fresh cut of NAME with the replica by chunk hashes; exit 1 if they differ.
+    Verify(VerifyArgs),
+    /// The replica side: serve, status, promote.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
+}
+
+/// A duration: a number and a unit (ms, s, m, h); a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 5s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown duration unit '{u}': use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("duration '{s}' must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Where cuts of NAME come from, and where its state is kept.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Copy-on-write store for cuts: a directory (a sparse file of --cow-size there) or a
+    /// block device used whole. Required for a bdr device.
+    #[arg(long, value_name = "DIR|DEV")]
+    pub cow: Option<PathBuf>,
+
+    /// Size of the COW file when --cow is a directory (default 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub cow_size: Option<u64>,
+
+    /// State dir of the volume (default /var/lib/bdr/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Test stand-in: a plain file as the device...
+    #[arg(long, hide = true, value_name = "FILE", requires = "stand_in_map")]
+    pub stand_in_device: Option<PathBuf>,
+
+    /// ...and a stand-in bitmap file (bdr_bitmap::FileDirtyMap) tracking it.
+    #[arg(long, hide = true, value_name = "FILE", requires = "stand_in_device")]
+    pub stand_in_map: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrimaryCommand {
+    /// Replicate NAME to the replica at --peer: a cut every --interval, until SIGINT/SIGTERM.
+    Run(PrimaryRunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PrimaryRunArgs {
+    /// The bdr device (/dev/mapper/NAME).
+    pub name: String,
+    /// The replica: HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: String,
+    /// Time between the starts of two cuts (the RPO target): 500ms, 5s, 1m...
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// One cut, then exit (the only mode).
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// The bdr device (/dev/mapper/NAME).
+    pub name: String,
+    /// The replica: HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The bdr device (/dev/mapper/NAME).
+    pub name: String,
+    /// The replica: HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Receive cuts from a primary onto DEV, committing each atomically.
+    Serve(ReplicaServeArgs),
+    /// Show the replica's committed cut, its server and last error.
+    Status {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop being a replica: recover, check DEV holds a committed cut, leave it ready to
+    /// mount read-write (a later `serve` refuses without --force).
+    Promote {
+        #[arg(long, value_name = "DEV")]
+        device: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplicaServeArgs {
+    /// The replica device (or file): at least as large as the primary's volume.
+    #[arg(long, value_name = "DEV")]
+    pub device: PathBuf,
+    /// Address to listen on, HOST:PORT (port 0: any; the status file says which).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    /// State dir: state file, journal, lock, status.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Serve a promoted replica anyway: its committed state is dropped and the next
+    /// primary re-seeds it with a rescan.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,12 +224,20 @@ pub struct AttachArgs {
     /// dm-bdr.ko to insert if `modprobe dm-bdr` fails.
     #[arg(long, value_name = "PATH", env = "BDR_KMOD")]
     pub kmod: Option<PathBuf>,
+
+    /// State dir of the volume, where `bdr detach` saved the bitmap (default /var/lib/bdr/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DetachArgs {
     /// The bdr device to remove.
     pub name: String,
+
+    /// State dir of the volume, where the bitmap is saved (default /var/lib/bdr/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +248,10 @@ pub struct StatusArgs {
     /// Machine-readable output: an object for NAME, an array otherwise.
     #[arg(long)]
     pub json: bool,
+
+    /// State dir of NAME's replication (default /var/lib/bdr/NAME).
+    #[arg(long, value_name = "DIR", requires = "name")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -158,6 +322,73 @@ mod tests {
     }
 
     #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        for bad in ["", "0", "5x", "s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replication_commands() {
+        let cli = parse(&[
+            "primary",
+            "run",
+            "vol",
+            "--peer",
+            "h:1",
+            "--interval",
+            "1s",
+            "--cow",
+            "/c",
+        ])
+        .unwrap();
+        let Command::Primary(PrimaryCommand::Run(r)) = cli.command else {
+            panic!("not primary run")
+        };
+        assert_eq!(r.interval, Duration::from_secs(1));
+        assert_eq!(r.source.cow, Some(PathBuf::from("/c")));
+        assert!(
+            parse(&["sync", "vol", "--peer", "h:1"]).is_err(),
+            "--once required"
+        );
+        assert!(parse(&[
+            "sync",
+            "--once",
+            "vol",
+            "--peer",
+            "h:1",
+            "--stand-in-device",
+            "d"
+        ])
+        .is_err());
+        let cli = parse(&[
+            "sync",
+            "--once",
+            "vol",
+            "--peer",
+            "h:1",
+            "--stand-in-device",
+            "d",
+            "--stand-in-map",
+            "m",
+            "--cow-size",
+            "64M",
+        ])
+        .unwrap();
+        let Command::Sync(s) = cli.command else {
+            panic!("not sync")
+        };
+        assert_eq!(s.source.cow_size, Some(64 << 20));
+        assert!(parse(&["replica", "serve", "--device", "d", "--listen", "a:1"]).is_err());
+        assert!(parse(&["replica", "promote", "--device", "d", "--state-dir", "s"]).is_ok());
+    }
+
+    #[test]
     fn status_and_detach() {
         let cli = parse(&["status", "--json"]).unwrap();
         let Command::Status(s) = cli.command else {
@@ -169,6 +400,10 @@ mod tests {
         assert_eq!(cli.verbose, 1);
         let cli = parse(&["detach", "bdr0"]).unwrap();
         assert!(matches!(cli.command, Command::Detach(d) if d.name == "bdr0"));
+        assert!(
+            parse(&["status", "--state-dir", "/x"]).is_err(),
+            "needs NAME"
+        );
         assert!(parse(&["detach"]).is_err());
         assert!(parse(&[]).is_err());
     }

@@ -9,7 +9,12 @@ mod detach;
 mod dm;
 mod kmod;
 mod mountinfo;
+mod primary;
+mod primary_status;
+mod private_file;
+mod replica;
 mod size;
+mod state;
 mod status;
 mod target;
 
@@ -18,7 +23,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, PrimaryCommand, ReplicaCommand};
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
@@ -43,14 +48,29 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Attach(a) => attach::run(a),
         Command::Detach(d) => detach::run(&d.name),
-        Command::Status(s) => status::run(s.name.as_deref(), s.json),
+        Command::Status(s) => status::run(s.name.as_deref(), s.json, s.state_dir.as_deref()),
         Command::Bitmap(b) => bitmap_cmd::run(b),
+        Command::Primary(PrimaryCommand::Run(a)) => primary::commands::primary_run(a),
+        Command::Sync(a) => primary::commands::sync_once(a),
+        Command::Verify(a) => primary::commands::verify(a),
+        Command::Replica(ReplicaCommand::Serve(a)) => replica::serve::run(a),
+        Command::Replica(ReplicaCommand::Status { state_dir, json }) => {
+            replica::status::run(state_dir, *json)
+        }
+        Command::Replica(ReplicaCommand::Promote { device, state_dir }) => {
+            replica::promote::run(device, state_dir)
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // Daemons log their steps (info) by default.
+    let daemon = matches!(
+        cli.command,
+        Command::Primary(_) | Command::Replica(ReplicaCommand::Serve(_))
+    );
+    init_tracing(cli.verbose.max(u8::from(daemon)));
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

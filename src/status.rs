@@ -1,13 +1,14 @@
 //! `bdr status`: what each bdr device has seen, for people and for scripts.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::blockdev;
 use crate::dm::{mapper_path, Dm, Table};
+use crate::primary_status::{render_rows, ReplicationView};
 use crate::size::{format_bytes, format_bytes_exact, SECTOR_SIZE};
 use crate::target::{DevNum, InfoStatus, TableParams};
 
@@ -23,7 +24,7 @@ pub struct LowerStatus {
 }
 
 /// One bdr device. Field order and names are the JSON schema: keep them stable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceStatus {
     pub name: String,
     pub path: String,
@@ -46,6 +47,9 @@ pub struct DeviceStatus {
     pub generation_hex: String,
     pub bitmap_id: String,
     pub open_count: i64,
+    /// Replication state, present when the device's state dir has a status file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationView>,
 }
 
 fn covered_bytes(regions: u64, region_bytes: u64, size_bytes: u64) -> u64 {
@@ -92,6 +96,7 @@ impl DeviceStatus {
             generation_hex: format!("{:016x}", info.generation),
             bitmap_id: table.bitmap_id.clone(),
             open_count,
+            replication: None,
         }
     }
 }
@@ -157,6 +162,9 @@ pub fn render_one(s: &DeviceStatus) -> String {
     for (k, v) in rows {
         let _ = writeln!(out, "  {:<width$} {v}", format!("{k}:"));
     }
+    if let Some(r) = &s.replication {
+        out.push_str(&render_rows("  replication", &r.rows()).replace("\n  ", "\n    "));
+    }
     out
 }
 
@@ -206,8 +214,48 @@ fn collect_one(dm: &Dm, name: &str, dev: DevNum) -> Result<Option<DeviceStatus>>
     )))
 }
 
-/// Run `bdr status [NAME] [--json]`.
-pub fn run(name: Option<&str>, json: bool) -> Result<()> {
+/// Replication status of a volume without a bdr device (detached, or a test stand-in):
+/// `bdr status NAME` shows what its state dir says.
+#[derive(Debug, Serialize)]
+struct StateOnly<'a> {
+    name: &'a str,
+    device: Option<String>,
+    replication: &'a ReplicationView,
+}
+
+fn state_only(name: &str, r: &ReplicationView, json: bool) -> Result<()> {
+    if json {
+        let s = StateOnly {
+            name,
+            device: None,
+            replication: r,
+        };
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!(
+            "{}",
+            render_rows(
+                &format!("{name} (no bdr device; replication state only)"),
+                &r.rows()
+            )
+        );
+    }
+    Ok(())
+}
+
+/// Run `bdr status [NAME] [--json] [--state-dir DIR]`.
+pub fn run(name: Option<&str>, json: bool, state_dir: Option<&Path>) -> Result<()> {
+    if let Some(name) = name {
+        let dir = crate::state::state_dir_of(name, state_dir);
+        let repl = ReplicationView::load(&dir)?;
+        let present = Dm::open()
+            .ok()
+            .and_then(|dm| dm.info(name).ok().flatten())
+            .is_some();
+        if let (Some(r), false) = (&repl, present) {
+            return state_only(name, r, json);
+        }
+    }
     let dm = Dm::open()?;
     let statuses = match name {
         Some(name) => {
@@ -236,6 +284,14 @@ pub fn run(name: Option<&str>, json: bool) -> Result<()> {
             v
         }
     };
+    let mut statuses = statuses;
+    for s in &mut statuses {
+        let dir = crate::state::state_dir_of(&s.name, state_dir);
+        s.replication = ReplicationView::load(&dir).unwrap_or_else(|e| {
+            tracing::warn!("{}: replication status unreadable: {e:#}", s.name);
+            None
+        });
+    }
     if json {
         println!("{}", render_json(&statuses, name.is_some())?);
     } else if statuses.is_empty() {

@@ -1,0 +1,212 @@
+//! `bdr primary run`, `bdr sync --once`, `bdr verify`.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Result};
+use bdr_sync::ShipOptions;
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use super::daemon::{self, LoopOptions};
+use super::engine::{CutSummary, Replicator, Step};
+use super::source;
+use crate::cli::{PrimaryRunArgs, SyncArgs, VerifyArgs};
+use crate::size::format_bytes;
+use crate::state::StateDir;
+
+/// A multi-threaded runtime (ship pipelines reads and compression across cores).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A receiver that becomes true at the first SIGINT or SIGTERM. Call inside the runtime.
+pub fn stop_on_signals() -> Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{which}: stopping");
+        let _ = tx.send(true);
+        // Keep the handlers installed (a second signal must not kill us mid-abort).
+        loop {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// `bdr primary run NAME --peer ADDR --interval D`.
+pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
+    let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
+    let mut src = source::open(&a.name, &a.source)?;
+    runtime()?.block_on(async {
+        let stop = stop_on_signals()?;
+        let mut rep = Replicator::new(
+            &mut *src,
+            dir,
+            &a.peer,
+            "primary run",
+            ShipOptions::default(),
+        )?;
+        tracing::info!(
+            volume = %a.name,
+            peer = %a.peer,
+            interval_ms = a.interval.as_millis() as u64,
+            last_cut = ?rep.state().last_cut,
+            "replication daemon started"
+        );
+        let r = daemon::run(&mut rep, &LoopOptions::new(a.interval), stop).await;
+        rep.finish().await;
+        tracing::info!("replication daemon stopped");
+        r
+    })
+}
+
+/// The human summary of one cut.
+pub fn render_summary(s: &CutSummary) -> String {
+    let mut out = format!(
+        "cut {} ({}{}) committed by the replica\n",
+        s.cut,
+        s.kind,
+        s.parent.map_or(String::new(), |p| format!(", parent {p}"))
+    );
+    let mut rows: Vec<(&str, String)> = Vec::new();
+    if let Some(r) = &s.rescan_reason {
+        rows.push(("rescan", r.clone()));
+        rows.push(("compared", format!("{} regions", s.compared_regions)));
+    }
+    rows.extend([
+        (
+            "regions",
+            format!("{} shipped ({} dirty)", s.regions, s.dirty_regions),
+        ),
+        (
+            "bytes read",
+            format!("{} ({} bytes)", format_bytes(s.bytes_read), s.bytes_read),
+        ),
+        (
+            "bytes sent",
+            format!("{} ({} bytes)", format_bytes(s.bytes_sent), s.bytes_sent),
+        ),
+        ("compression", format!("{:.2}x", s.compression_ratio)),
+        ("suspend", format!("{:.1} ms", s.suspend_ms)),
+        ("time", format!("{:.3} s", s.elapsed_ms / 1000.0)),
+    ]);
+    for (k, v) in rows {
+        let _ = writeln!(out, "  {:<12} {v}", format!("{k}:"));
+    }
+    out
+}
+
+/// `bdr sync --once NAME --peer ADDR`.
+pub fn sync_once(a: &SyncArgs) -> Result<()> {
+    let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
+    let mut src = source::open(&a.name, &a.source)?;
+    let step = runtime()?.block_on(async {
+        let stop = stop_on_signals()?;
+        let mut rep = Replicator::new(
+            &mut *src,
+            dir,
+            &a.peer,
+            "sync --once",
+            ShipOptions::default(),
+        )?;
+        let r = rep.step(false, &stop).await;
+        rep.finish().await;
+        r
+    })?;
+    let Step::Committed(s) = step else {
+        bail!("no cut was taken");
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", render_summary(&s));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RangeJson {
+    offset: u64,
+    length: u64,
+}
+
+#[derive(Serialize)]
+struct VerifyJson {
+    identical: bool,
+    differing: Vec<RangeJson>,
+    compared_regions: u64,
+    differing_regions: u64,
+    bytes_read: u64,
+    elapsed_ms: f64,
+}
+
+/// `bdr verify NAME --peer ADDR`: exit 1 when anything differs.
+pub fn verify(a: &VerifyArgs) -> Result<()> {
+    let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
+    let mut src = source::open(&a.name, &a.source)?;
+    let report = runtime()?.block_on(async {
+        let mut rep = Replicator::new(&mut *src, dir, &a.peer, "verify", ShipOptions::default())?;
+        let r = rep.verify().await;
+        rep.finish().await;
+        r
+    })?;
+    let st = &report.stats;
+    if a.json {
+        let j = VerifyJson {
+            identical: report.differing.is_empty(),
+            differing: report
+                .differing
+                .iter()
+                .map(|r| RangeJson {
+                    offset: r.start,
+                    length: r.end - r.start,
+                })
+                .collect(),
+            compared_regions: st.compared,
+            differing_regions: st.differing,
+            bytes_read: st.bytes_read,
+            elapsed_ms: st.elapsed.as_secs_f64() * 1000.0,
+        };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else if report.differing.is_empty() {
+        println!(
+            "identical: {} regions compared, {} read",
+            st.compared,
+            format_bytes(st.bytes_read)
+        );
+    } else {
+        println!(
+            "{} of {} regions differ, in {} ranges:",
+            st.differing,
+            st.compared,
+            report.differing.len()
+        );
+        for r in &report.differing {
+            println!(
+                "  bytes {}..{} ({})",
+                r.start,
+                r.end,
+                format_bytes(r.end - r.start)
+            );
+        }
+    }
+    if !report.differing.is_empty() {
+        bail!(
+            "the replica differs from the primary in {} ranges",
+            report.differing.len()
+        );
+    }
+    Ok(())
+}
