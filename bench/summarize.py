@@ -104,6 +104,16 @@ for qd in qds:
         "%.3f" % l["iops_ratio"] if l else "–"))
 if "host_load" in setup:
     lines += ["", "Host load average: %s." % setup["host_load"]]
+# On a quiet host rounds agree within about ±5%; say so when they don't.
+spread = max(((max(x["iops_all"]) - min(x["iops_all"])) / x["iops_median"], "QD%s %s" % (qd, d))
+             for qd, r in result["qd"].items() for d, x in r.items() if d in DEVS)
+result["max_iops_spread"] = {"fraction": spread[0], "where": spread[1]}
+if spread[0] > 0.15:
+    lines += ["", "**Noisy run**: IOPS across rounds spread by up to %.0f%% (%s); a quiet host gives "
+              "about ±5%%. Don't read the ratios above as bdr's overhead." % (100 * spread[0], spread[1])]
+with open(out_json, "w") as f:
+    json.dump(result, f, indent=2)
+    f.write("\n")
 with open(out_md, "w") as f:
     f.write("\n".join(lines) + "\n")
 print("\n".join(lines))
