@@ -2,15 +2,19 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bdr_bitmap::{DirtyMap, KernelDirtyMap, RoaringBitmap};
 
 use crate::blockdev::{self, LowerDevice};
 use crate::cli::AttachArgs;
 use crate::dm;
 use crate::kmod;
+use crate::saved_bitmap::{self, SavedHeader};
 use crate::size::{format_bytes, RegionSize};
+use crate::state::{state_dir_of, StateDir};
 use crate::target::{dm_uuid, format_table_params, DevNum, TARGET_TYPE};
 
 /// How long udev gets to create /dev/mapper/NAME before we make the node ourselves.
@@ -48,6 +52,11 @@ pub fn run(args: &AttachArgs) -> Result<()> {
     // Checks that need no device-mapper come first, so their messages win.
     let lower = blockdev::check_lower(&args.lower)?;
     blockdev::check_region_fits(&lower, args.region_size.bytes())?;
+    let state_dir = state_dir_of(name, args.state_dir.as_deref());
+    let saved = saved_bitmap::load(&state_dir)?;
+    if let Some((h, _)) = &saved {
+        saved_bitmap::check_fits(&state_dir, h, args.region_size.sectors(), lower.sectors())?;
+    }
 
     let dm = kmod::ensure_target(args.kmod.as_deref())?;
     if let Some(info) = dm.info(name)? {
@@ -77,6 +86,47 @@ pub fn run(args: &AttachArgs) -> Result<()> {
     let dev = DevNum::new(d.major, d.minor);
     let (path, _made) = dm::ensure_node(name, dev, UDEV_WAIT)?;
     print_created(name, &path, dev, &lower, args.region_size, &id);
+    if let Some((h, regions)) = saved {
+        if let Err(e) = restore_saved(&state_dir, &id, &h, &regions) {
+            eprintln!(
+                "bdr: warning: could not restore the bitmap saved in {}: {e:#}; the next sync \
+                 rescans the whole device",
+                state_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Loads the bitmap `bdr detach` saved into the new bitmap `id`, records the new
+/// generation as its continuation in the primary's state, and removes the saved file.
+fn restore_saved(dir: &Path, id: &str, h: &SavedHeader, regions: &RoaringBitmap) -> Result<()> {
+    let map = KernelDirtyMap::open(id)?;
+    let g = map.info()?.generation;
+    map.load(g, regions)?;
+    let sd = StateDir::open(dir)?;
+    let continued = match sd.read()? {
+        Some(mut st) => {
+            let ok = saved_bitmap::continue_state(&mut st, h, g.0, id);
+            if ok {
+                sd.save(&st)?;
+            }
+            ok
+        }
+        None => false,
+    };
+    std::fs::remove_file(dir.join(saved_bitmap::SAVED_FILE))
+        .with_context(|| format!("remove {}", dir.join(saved_bitmap::SAVED_FILE).display()))?;
+    println!(
+        "  restored:  {} dirty regions saved at detach (generation {:016x}){}",
+        h.regions,
+        h.generation,
+        if continued {
+            "; replication continues without a rescan"
+        } else {
+            "; the replica was not synced from that bitmap: the next sync rescans"
+        }
+    );
     Ok(())
 }
 

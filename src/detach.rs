@@ -1,22 +1,53 @@
 //! `bdr detach NAME`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bdr_bitmap::KernelDirtyMap;
 
 use crate::blockdev;
 use crate::dm::{self, BdrTable, Dm, Table};
 use crate::mountinfo;
+use crate::private_file;
+use crate::saved_bitmap;
+use crate::state::{state_dir_of, LOCK_FILE};
 use crate::target::DevNum;
 
 /// Hook run just before a bdr device is removed, while its bitmap still exists in the
-/// kernel. It will save the dirty bitmap so a later attach can restore it; for now there
-/// is nothing to save it to.
-pub fn save_bitmap_before_detach(_dm: &Dm, _name: &str, _table: &BdrTable) -> Result<()> {
+/// kernel: saves the dirty bitmap (active and frozen regions) in the state dir, so
+/// `bdr attach` can restore it and a clean detach/attach needs no full rescan.
+pub fn save_bitmap_before_detach(
+    _dm: &Dm,
+    name: &str,
+    table: &BdrTable,
+    state_dir: &Path,
+) -> Result<()> {
+    let id = &table.params.bitmap_id;
+    let map = KernelDirtyMap::open(id).with_context(|| format!("bitmap {id} of {name}"))?;
+    let lower = blockdev::dev_path(table.params.lower)
+        .map(|p| format!("{} {}", table.params.lower, p.display()))
+        .unwrap_or_else(|| table.params.lower.to_string());
+    let (h, regions) = saved_bitmap::capture(&map, &lower)?;
+    saved_bitmap::save(state_dir, &h, &regions)?;
+    println!(
+        "saved the bitmap of {name} ({} dirty regions, generation {:016x}) to {}",
+        h.regions,
+        h.generation,
+        state_dir.join(saved_bitmap::SAVED_FILE).display()
+    );
     Ok(())
 }
 
-pub fn run(name: &str) -> Result<()> {
+pub fn run(name: &str, state_dir: Option<&Path>) -> Result<()> {
+    let state_dir = state_dir_of(name, state_dir);
+    if private_file::is_locked(&state_dir.join(LOCK_FILE))? {
+        bail!(
+            "{name} is being replicated (a `bdr primary run`, `bdr sync` or `bdr verify` holds \
+             {}); stop it before detaching",
+            state_dir.display()
+        );
+    }
     let dm = Dm::open()?;
     let info = dm.info(name)?.with_context(|| {
         format!("no device-mapper device named {name} (`bdr status` lists bdr devices)")
@@ -55,7 +86,7 @@ pub fn run(name: &str) -> Result<()> {
         );
     }
 
-    save_bitmap_before_detach(&dm, name, &table)
+    save_bitmap_before_detach(&dm, name, &table, &state_dir)
         .with_context(|| format!("not detaching {name}: saving its bitmap failed"))?;
     dm.remove(name)?;
     dm::cleanup_node(name, dev, Duration::from_secs(1));

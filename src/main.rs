@@ -13,6 +13,7 @@ mod primary;
 mod primary_status;
 mod private_file;
 mod replica;
+mod saved_bitmap;
 mod size;
 mod state;
 mod status;
@@ -47,7 +48,7 @@ fn init_tracing(verbose: u8) {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Attach(a) => attach::run(a),
-        Command::Detach(d) => detach::run(&d.name),
+        Command::Detach(d) => detach::run(&d.name, d.state_dir.as_deref()),
         Command::Status(s) => status::run(s.name.as_deref(), s.json, s.state_dir.as_deref()),
         Command::Bitmap(b) => bitmap_cmd::run(b),
         Command::Primary(PrimaryCommand::Run(a)) => primary::commands::primary_run(a),
