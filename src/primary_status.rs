@@ -52,6 +52,7 @@ pub struct PrimaryStatus {
     pub suspend_ms_last: Option<f64>,
     /// The last [`SUSPEND_HISTORY`] suspend windows, oldest first.
     pub suspend_ms_recent: Vec<f64>,
+    /// Cuts committed and aborted by this state dir's processes, cumulative.
     pub cuts_committed: u64,
     pub cuts_aborted: u64,
     pub last_error: Option<ErrorNote>,

@@ -45,7 +45,7 @@ pub struct CutSummary {
     pub bytes_read: u64,
     pub plain_bytes: u64,
     pub bytes_sent: u64,
-    /// plain bytes / bytes sent (1.0 when nothing was sent).
+    /// plain bytes / bytes sent (1.0 when no chunk was sent).
     pub compression_ratio: f64,
     /// Regions compared by hash (rescans).
     pub compared_regions: u64,
@@ -76,7 +76,7 @@ impl CutSummary {
             bytes_read: st.bytes_read,
             plain_bytes: st.plain_bytes,
             bytes_sent: st.bytes_sent,
-            compression_ratio: if st.bytes_sent == 0 {
+            compression_ratio: if st.bytes_sent == 0 || st.plain_bytes == 0 {
                 1.0
             } else {
                 st.plain_bytes as f64 / st.bytes_sent as f64
@@ -194,10 +194,12 @@ impl<'a> Replicator<'a> {
             opts,
             conn: None,
         };
-        // Keep the suspend history of an earlier run of the daemon.
+        // Keep the suspend history and counters of earlier runs.
         if let Ok(Some(old)) = PrimaryStatus::read(r.dir.path()) {
             r.status.suspend_ms_recent = old.suspend_ms_recent;
             r.status.suspend_ms_last = old.suspend_ms_last;
+            r.status.cuts_committed = old.cuts_committed;
+            r.status.cuts_aborted = old.cuts_aborted;
         }
         r.set_state("starting");
         Ok(r)
