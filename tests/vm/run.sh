@@ -44,6 +44,14 @@ klist=$(vm_kernels "$ksel") || exit 1 # all: both must be there
 mapfile -t kernels <<<"$klist"
 boot_timeout=${VM_BOOT_TIMEOUT:-600}
 
+# One run at a time per checkout: runs share tests/vm/results/<kver>/ (and the host's 2 cores).
+mkdir -p "$here/results" || exit 1
+exec {lockfd}>"$here/results/.lock"
+if ! flock -n "$lockfd"; then
+	vm_log "another tests/vm/run.sh is running in this checkout: waiting for it"
+	flock "$lockfd"
+fi
+
 rows=() # "kernel|item|PASS/FAIL/SKIP|detail"
 passed=0 failed=0
 row() {
