@@ -31,6 +31,15 @@ pub enum Command {
     /// Low-level access to a device's dirty bitmap (debugging, tests, recovery).
     #[command(subcommand)]
     Bitmap(BitmapCommand),
+    /// Internal: take one cut and report it (VM lab).
+    #[command(name = "__cut", hide = true)]
+    CutTest(CutTestArgs),
+    /// Internal: the suspend guard of a primary daemon (see src/guard.rs).
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        /// Devices to resume if the daemon dies while they are suspended.
+        names: Vec<String>,
+    },
     /// The primary's replication daemon.
     #[command(subcommand)]
     Primary(PrimaryCommand),
@@ -182,6 +191,27 @@ pub struct ReplicaServeArgs {
     /// primary re-seeds it with a rescan.
     #[arg(long)]
     pub force: bool,
+}
+
+/// Internal: take one cut of NAME, copy its image to a file, then commit or abort it.
+#[derive(Debug, clap::Args)]
+pub struct CutTestArgs {
+    pub name: String,
+    /// Directory for the copy-on-write file.
+    #[arg(long)]
+    pub cow: PathBuf,
+    /// Size of the copy-on-write file.
+    #[arg(long, default_value = "256M", value_parser = parse_size_arg)]
+    pub cow_size: u64,
+    /// Copy the cut's image here.
+    #[arg(long)]
+    pub copy_to: Option<PathBuf>,
+    /// Merge the bits back instead of acknowledging them.
+    #[arg(long)]
+    pub abort: bool,
+    /// Keep the cut live this many milliseconds before finishing it.
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod cli;
 mod cut;
 mod detach;
 mod dm;
+mod guard;
 mod kmod;
 mod mountinfo;
 mod primary;
@@ -51,6 +52,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Detach(d) => detach::run(&d.name, d.state_dir.as_deref()),
         Command::Status(s) => status::run(s.name.as_deref(), s.json, s.state_dir.as_deref()),
         Command::Bitmap(b) => bitmap_cmd::run(b),
+        Command::Guard { names } => guard::run(names),
+        Command::CutTest(a) => cut::cut_test(a),
         Command::Primary(PrimaryCommand::Run(a)) => primary::commands::primary_run(a),
         Command::Sync(a) => primary::commands::sync_once(a),
         Command::Verify(a) => primary::commands::verify(a),

@@ -10,6 +10,7 @@
 
 pub mod dm;
 pub mod file;
+pub mod ioctl;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,4 +53,52 @@ pub trait CutSource: Send {
     fn abort(&mut self, cut: Cut) -> Result<()>;
     /// Fill of the image's copy-on-write store while a cut is live.
     fn cow_usage(&self) -> Option<CowUsage>;
+}
+
+/// `bdr __cut`: one cut of a real device, for the VM lab: copy its image, report, finish.
+/// Any failure while the cut is live aborts it (the bits are merged back).
+pub fn cut_test(args: &crate::cli::CutTestArgs) -> Result<()> {
+    let mut src = dm::DmCutSource::open(
+        &args.name,
+        dm::CowStore::Dir {
+            dir: args.cow.clone(),
+            bytes: args.cow_size,
+        },
+    )?;
+    let cut = src.take()?;
+    let report = (|| -> Result<serde_json::Value> {
+        if let Some(path) = &args.copy_to {
+            // Through the page cache, unlike the shipping path: this is a test aid.
+            let snap = crate::dm::mapper_path(&format!("{}-bdr-snap", args.name));
+            let mut input = std::fs::File::open(&snap)?;
+            let mut out = std::fs::File::create(path)?;
+            std::io::copy(&mut input, &mut out)?;
+            out.sync_all()?;
+        }
+        std::thread::sleep(Duration::from_millis(args.hold_ms));
+        let cow = src.cow_usage();
+        if cow.is_some_and(|c| c.invalid) {
+            anyhow::bail!("the COW store overflowed: the cut's image is invalid");
+        }
+        Ok(serde_json::json!({
+            "regions": cut.regions.iter().collect::<Vec<u32>>(),
+            "suspend_us": cut.suspend.as_micros() as u64,
+            "generation": cut.generation.0,
+            "cow": cow,
+        }))
+    })();
+    match report {
+        Ok(r) => {
+            println!("{r}");
+            if args.abort {
+                src.abort(cut)
+            } else {
+                src.commit(cut)
+            }
+        }
+        Err(e) => {
+            src.abort(cut)?;
+            Err(e.context("cut aborted, its regions merged back"))
+        }
+    }
 }
