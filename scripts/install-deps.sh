@@ -44,8 +44,13 @@ apt-get install -y -q --no-install-recommends \
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
 	qemu-system-x86 linux-image-amd64 linux-headers-amd64
 
+# Both kernels are wanted side by side: keep apt from calling either "unused".
+apt-mark manual 'linux-image-6.1.0-*-amd64' 'linux-headers-6.1.0-*-amd64' \
+	'linux-image-6.12.*-amd64' 'linux-headers-6.12.*-amd64' >/dev/null 2>&1 || true
+
 if ! command -v vng >/dev/null; then
-	pip install -q virtme-ng
+	# pip of a pyenv/venv Python takes it as is; Debian's own pip wants the override.
+	pip install -q virtme-ng 2>/dev/null || python3 -m pip install -q --break-system-packages virtme-ng
 fi
 
 ls /boot/vmlinuz-6.1.0-* /boot/vmlinuz-6.12.* >/dev/null
