@@ -83,6 +83,10 @@ impl Cow {
                     .with_context(|| format!("cannot create COW file {}", path.display()))?;
                 file.set_len(*bytes)
                     .with_context(|| format!("cannot size COW file {}", path.display()))?;
+                if !std::path::Path::new("/dev/loop-control").exists() {
+                    // Like losetup: the loop driver may be a module nobody loaded yet.
+                    let _ = std::process::Command::new("modprobe").arg("loop").status();
+                }
                 // The loop device keeps the file; its name can go now.
                 let dev = LoopDevice::attach(&file, &path).with_context(|| {
                     format!(

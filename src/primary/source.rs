@@ -20,7 +20,12 @@ pub fn cow_store(args: &SourceArgs) -> Result<CowStore> {
     let Some(cow) = &args.cow else {
         bail!("--cow DIR|DEV is required: where cuts keep the blocks overwritten while they ship");
     };
-    let meta = std::fs::metadata(cow).with_context(|| format!("--cow {}", cow.display()))?;
+    let meta = std::fs::metadata(cow).with_context(|| {
+        format!(
+            "--cow {}: give an existing directory (the COW file goes there) or a block device",
+            cow.display()
+        )
+    })?;
     if meta.is_dir() {
         Ok(CowStore::Dir {
             dir: cow.clone(),
