@@ -477,39 +477,38 @@ fn device_num(dm: &DM, name: &str) -> Result<Option<DevNum>> {
     }
 }
 
-fn table_of(dm: &DM, name: &str) -> Result<(u64, String)> {
+/// The single target of `name`: its length, type and table (`table`) or status parameters.
+fn one_target(dm: &DM, name: &str, table: bool) -> Result<(u64, String, String)> {
+    let flags = if table {
+        devicemapper::DmFlags::DM_STATUS_TABLE
+    } else {
+        devicemapper::DmFlags::empty()
+    };
     let (_, t) = dm
         .table_status(
             &DevId::Name(dm_name(name)?),
-            DmOptions::default().set_flags(devicemapper::DmFlags::DM_STATUS_TABLE),
+            DmOptions::default().set_flags(flags),
         )
-        .map_err(|e| anyhow!("cannot read the table of {name}: {e}"))?;
+        .map_err(|e| anyhow!("cannot read the table or status of {name}: {e}"))?;
     match t.as_slice() {
-        [(_, len, _, params)] => Ok((*len, params.clone())),
+        [(_, len, ty, params)] => Ok((*len, ty.clone(), params.clone())),
         _ => bail!("{name} does not have exactly one target"),
     }
+}
+
+fn table_of(dm: &DM, name: &str) -> Result<(u64, String)> {
+    one_target(dm, name, true).map(|(len, _, p)| (len, p))
 }
 
 fn status_of(dm: &DM, name: &str) -> Result<(u64, String)> {
-    let (_, t) = dm
-        .table_status(&DevId::Name(dm_name(name)?), DmOptions::default())
-        .map_err(|e| anyhow!("cannot read the status of {name}: {e}"))?;
-    match t.as_slice() {
-        [(_, len, _, params)] => Ok((*len, params.clone())),
-        _ => bail!("{name} does not have exactly one target"),
-    }
+    one_target(dm, name, false).map(|(len, _, p)| (len, p))
 }
 
 fn bdr_table(dm: &DM, name: &str) -> Result<(u64, TableParams)> {
-    let (_, t) = dm
-        .table_status(
-            &DevId::Name(dm_name(name)?),
-            DmOptions::default().set_flags(devicemapper::DmFlags::DM_STATUS_TABLE),
-        )
-        .map_err(|e| anyhow!("cannot read the table of {name}: {e}"))?;
-    match t.as_slice() {
-        [(_, len, ty, params)] if ty == TARGET_TYPE => Ok((*len, TableParams::parse(params)?)),
-        _ => bail!("{name} is not a bdr device; attach it first with `bdr attach`"),
+    match one_target(dm, name, true) {
+        Ok((len, ty, params)) if ty == TARGET_TYPE => Ok((len, TableParams::parse(&params)?)),
+        Ok(_) => bail!("{name} is not a bdr device; attach it first with `bdr attach`"),
+        Err(e) => Err(e),
     }
 }
 
