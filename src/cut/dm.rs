@@ -185,6 +185,7 @@ impl DmCutSource {
             .with_context(|| format!("dirty bitmap of {name}"))?;
         let guard = Guard::spawn(&[snap_name.clone(), name.to_string()])?;
         let cow = Cow::open(&store, name)?;
+        let _held = SignalsHeld::new();
         let mut src = DmCutSource {
             lower: params.lower,
             dm,
@@ -334,12 +335,47 @@ impl DmCutSource {
     }
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP on this thread while it lives. Device-mapper steps wait
+/// for udev in semop(2), which a signal handler interrupts (EINTR) even with SA_RESTART: a
+/// Ctrl-C must reach the daemon's signal handling on another thread, or after the step, but
+/// never break a step of a cut halfway.
+struct SignalsHeld {
+    old: libc::sigset_t,
+}
+
+impl SignalsHeld {
+    fn new() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset/sigaddset before use;
+        // pthread_sigmask only changes this thread's mask and writes the old one to `old`.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SignalsHeld { old }
+        }
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new` on the same thread.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
 impl CutSource for DmCutSource {
     fn info(&self) -> Result<MapInfo> {
         Ok(self.map.info()?)
     }
 
     fn take(&mut self) -> Result<Cut> {
+        let _held = SignalsHeld::new();
         if self.live {
             bail!("a cut of {} is already live", self.name);
         }
@@ -391,6 +427,7 @@ impl CutSource for DmCutSource {
     }
 
     fn commit(&mut self, cut: Cut) -> Result<()> {
+        let _held = SignalsHeld::new();
         let acked = self.map.ack(cut.generation);
         drop(cut);
         self.release()?;
@@ -398,6 +435,7 @@ impl CutSource for DmCutSource {
     }
 
     fn abort(&mut self, cut: Cut) -> Result<()> {
+        let _held = SignalsHeld::new();
         let merged = self.map.merge_back(cut.generation);
         drop(cut);
         self.release()?;
