@@ -47,6 +47,37 @@ pub trait Writer: Sync {
 /// A conformance case.
 pub type Case = fn(&dyn DirtyMap, &dyn Writer);
 
+/// One `#[test]` per case, for an implementation's test file:
+/// `bdr_bitmap::conformance_tests!(setup = setup());` where `setup()` returns
+/// `(keep_alive, map, writer)`; attributes before `setup` (e.g. `#[ignore = "..."]`) go on
+/// every test. The list is the one of [`CASES`], so a new case reaches every implementation.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($(#[$attr:meta])* setup = $setup:expr) => {
+        $crate::conformance_tests!(@cases [$(#[$attr])*] $setup;
+            write_unaligned, write_512_bytes, write_spanning_regions, write_full_region_aligned,
+            write_partial_last_region, discard_marks, write_zeroes_marks, flush_marks_nothing,
+            freeze_or_merges_into_unacked, ack_clears_frozen, merge_back_restores_active,
+            read_active_does_not_clear, load_ors_into_active, wrong_generation_is_stale,
+            concurrent_writers);
+        #[test]
+        fn every_case_has_a_test() {
+            assert_eq!($crate::conformance::CASES.len(), 15, "add the new case to conformance_tests!");
+        }
+    };
+    (@cases $attrs:tt $setup:expr; $($name:ident),*) => {
+        $($crate::conformance_tests!(@one $attrs $setup; $name);)*
+    };
+    (@one [$($attr:tt)*] $setup:expr; $name:ident) => {
+        #[test]
+        $($attr)*
+        fn $name() {
+            let (_keep, map, w) = $setup;
+            $crate::conformance::$name(&map, &w);
+        }
+    };
+}
+
 /// Every case, by name.
 pub const CASES: &[(&str, Case)] = &[
     ("write_unaligned", write_unaligned),

@@ -53,39 +53,7 @@ fn setup(geometry: Geometry) -> (tempfile::TempDir, FileDirtyMap, MarkWriter) {
     (dir, map, MarkWriter { dev })
 }
 
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        fn $name() {
-            let (_dir, map, w) = setup(odd_geometry());
-            conformance::$name(&map, &w);
-        }
-    )*};
-}
-
-cases!(
-    write_unaligned,
-    write_512_bytes,
-    write_spanning_regions,
-    write_full_region_aligned,
-    write_partial_last_region,
-    discard_marks,
-    write_zeroes_marks,
-    flush_marks_nothing,
-    freeze_or_merges_into_unacked,
-    ack_clears_frozen,
-    merge_back_restores_active,
-    read_active_does_not_clear,
-    load_ors_into_active,
-    wrong_generation_is_stale,
-    concurrent_writers,
-);
-
-#[test]
-fn every_case_is_listed_above() {
-    // Keep the macro list in step with the suite.
-    assert_eq!(conformance::CASES.len(), 15);
-}
+bdr_bitmap::conformance_tests!(setup = setup(odd_geometry()));
 
 #[test]
 fn all_cases_with_4k_regions_in_one_run() {

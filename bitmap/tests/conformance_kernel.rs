@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::{Mutex, MutexGuard};
 
-use bdr_bitmap::conformance::{self, Writer};
+use bdr_bitmap::conformance::Writer;
 use bdr_bitmap::{DirtyMap, Error, Geometry, KernelDirtyMap, DEFAULT_CONTROL_PATH};
 
 // <linux/fs.h>: BLKSSZGET _IO(0x12,104), BLKGETSIZE64 _IOR(0x12,114,size_t),
@@ -177,39 +177,10 @@ fn setup() -> (MutexGuard<'static, ()>, KernelDirtyMap, DevWriter) {
     (guard, map, w)
 }
 
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {$(
-        #[test]
-        #[ignore = "needs dm-bdr: run in the VM lab with --ignored, BDR_TEST_DEV and BDR_TEST_ID"]
-        fn $name() {
-            let (_guard, map, w) = setup();
-            conformance::$name(&map, &w);
-        }
-    )*};
-}
-
-cases!(
-    write_unaligned,
-    write_512_bytes,
-    write_spanning_regions,
-    write_full_region_aligned,
-    write_partial_last_region,
-    discard_marks,
-    write_zeroes_marks,
-    flush_marks_nothing,
-    freeze_or_merges_into_unacked,
-    ack_clears_frozen,
-    merge_back_restores_active,
-    read_active_does_not_clear,
-    load_ors_into_active,
-    wrong_generation_is_stale,
-    concurrent_writers,
+bdr_bitmap::conformance_tests!(
+    #[ignore = "needs dm-bdr: run in the VM lab with --ignored, BDR_TEST_DEV and BDR_TEST_ID"]
+    setup = setup()
 );
-
-#[test]
-fn every_case_is_listed_above() {
-    assert_eq!(conformance::CASES.len(), 15);
-}
 
 #[test]
 #[ignore = "needs dm-bdr: run in the VM lab with --ignored, BDR_TEST_DEV and BDR_TEST_ID"]
