@@ -8,6 +8,7 @@ mod cut;
 mod detach;
 mod dm;
 mod guard;
+mod keygen;
 mod kmod;
 mod mountinfo;
 mod primary;
@@ -19,6 +20,7 @@ mod size;
 mod state;
 mod status;
 mod target;
+mod tunnel;
 
 use std::process::ExitCode;
 
