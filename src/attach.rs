@@ -47,15 +47,23 @@ pub fn nr_regions(sectors: u64, region: RegionSize) -> u64 {
     sectors.div_ceil(u64::from(region.sectors()))
 }
 
+/// Region size when neither `--region-size` nor the config gives one.
+pub const DEFAULT_REGION_BYTES: u64 = 64 << 10;
+
 pub fn run(args: &AttachArgs) -> Result<()> {
     let name = args.name.as_str();
+    let region_size = match args.region_size {
+        Some(r) => r,
+        None => RegionSize::from_bytes(DEFAULT_REGION_BYTES).map_err(anyhow::Error::msg)?,
+    };
     // Checks that need no device-mapper come first, so their messages win.
-    let lower = blockdev::check_lower(&args.lower)?;
-    blockdev::check_region_fits(&lower, args.region_size.bytes())?;
+    let lower = crate::config::required(args.lower.as_ref(), "LOWER (the device to track)", name)?;
+    let lower = blockdev::check_lower(lower)?;
+    blockdev::check_region_fits(&lower, region_size.bytes())?;
     let state_dir = state_dir_of(name, args.state_dir.as_deref());
     let saved = saved_bitmap::load(&state_dir)?;
     if let Some((h, _)) = &saved {
-        saved_bitmap::check_fits(&state_dir, h, args.region_size.sectors(), lower.sectors())?;
+        saved_bitmap::check_fits(&state_dir, h, region_size.sectors(), lower.sectors())?;
     }
 
     let dm = kmod::ensure_target(args.kmod.as_deref())?;
@@ -79,13 +87,13 @@ pub fn run(args: &AttachArgs) -> Result<()> {
     }
 
     let sectors = lower.sectors();
-    let params = format_table_params(&table_lower(&lower), args.region_size.sectors(), &id);
+    let params = format_table_params(&table_lower(&lower), region_size.sectors(), &id);
     tracing::info!("creating {name}: 0 {sectors} {TARGET_TYPE} {params} (uuid {uuid})");
     let info = dm.create(name, &uuid, (0, sectors, TARGET_TYPE, params))?;
     let d = info.device();
     let dev = DevNum::new(d.major, d.minor);
     let (path, _made) = dm::ensure_node(name, dev, UDEV_WAIT)?;
-    print_created(name, &path, dev, &lower, args.region_size, &id);
+    print_created(name, &path, dev, &lower, region_size, &id);
     if let Some((h, regions)) = saved {
         if let Err(e) = restore_saved(&state_dir, &id, &h, &regions) {
             eprintln!(

@@ -16,6 +16,11 @@ pub struct Cli {
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// The volume's config file (default /etc/bdr/NAME.toml, or $BDR_CONFIG_DIR/NAME.toml);
+    /// options on the command line override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +55,44 @@ pub enum Command {
     /// The replica side: serve, status, promote.
     #[command(subcommand)]
     Replica(ReplicaCommand),
+    /// Make a WireGuard key pair: the private key goes to a 0600 file, the public key is printed.
+    Keygen(KeygenArgs),
+    /// The volume's WireGuard tunnel, as its config file describes it.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+    /// Volume config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (created 0600; its directory 0700 if missing).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace an existing key file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TunnelCommand {
+    /// Create or update the interface: key, listen port, the one peer, address, link up.
+    Up { name: String },
+    /// Delete the interface (no error if it is gone).
+    Down { name: String },
+    /// Show the interface: peer, endpoint, last handshake, bytes.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate NAME's config file: syntax, values, and the machine (devices, keys, modes).
+    Check { name: String },
 }
 
 /// A duration: a number and a unit (ms, s, m, h); a bare number is seconds.
@@ -114,12 +157,12 @@ pub enum PrimaryCommand {
 pub struct PrimaryRunArgs {
     /// The bdr device (/dev/mapper/NAME).
     pub name: String,
-    /// The replica: HOST:PORT.
+    /// The replica: HOST:PORT (default: from the config file).
     #[arg(long, value_name = "ADDR")]
-    pub peer: String,
-    /// Time between the starts of two cuts (the RPO target): 500ms, 5s, 1m...
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub interval: Duration,
+    pub peer: Option<String>,
+    /// Time between the starts of two cuts (the RPO target): 500ms, 5s, 1m... (default 5s)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -131,9 +174,9 @@ pub struct SyncArgs {
     pub once: bool,
     /// The bdr device (/dev/mapper/NAME).
     pub name: String,
-    /// The replica: HOST:PORT.
+    /// The replica: HOST:PORT (default: from the config file).
     #[arg(long, value_name = "ADDR")]
-    pub peer: String,
+    pub peer: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -145,9 +188,9 @@ pub struct SyncArgs {
 pub struct VerifyArgs {
     /// The bdr device (/dev/mapper/NAME).
     pub name: String,
-    /// The replica: HOST:PORT.
+    /// The replica: HOST:PORT (default: from the config file).
     #[arg(long, value_name = "ADDR")]
-    pub peer: String,
+    pub peer: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -160,33 +203,51 @@ pub enum ReplicaCommand {
     /// Receive cuts from a primary onto DEV, committing each atomically.
     Serve(ReplicaServeArgs),
     /// Show the replica's committed cut, its server and last error.
-    Status {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Status(ReplicaStatusArgs),
     /// Stop being a replica: recover, check DEV holds a committed cut, leave it ready to
     /// mount read-write (a later `serve` refuses without --force).
-    Promote {
-        #[arg(long, value_name = "DEV")]
-        device: PathBuf,
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
-    },
+    Promote(ReplicaPromoteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplicaStatusArgs {
+    /// The volume (its config file gives the state dir).
+    pub name: Option<String>,
+    /// State dir (default: from the config file, else /var/lib/bdr/NAME).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplicaPromoteArgs {
+    /// The volume (its config file gives the device and the state dir).
+    pub name: Option<String>,
+    #[arg(long, value_name = "DEV")]
+    pub device: Option<PathBuf>,
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ReplicaServeArgs {
+    /// The volume: its config file (/etc/bdr/NAME.toml) gives what the options do not.
+    pub name: Option<String>,
     /// The replica device (or file): at least as large as the primary's volume.
     #[arg(long, value_name = "DEV")]
-    pub device: PathBuf,
-    /// Address to listen on, HOST:PORT (port 0: any; the status file says which).
+    pub device: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT (port 0: any; the status file says which). With a
+    /// config file: its tunnel address only.
     #[arg(long, value_name = "ADDR")]
-    pub listen: String,
-    /// State dir: state file, journal, lock, status.
+    pub listen: Option<String>,
+    /// State dir: state file, journal, lock, status (default /var/lib/bdr/NAME).
     #[arg(long, value_name = "DIR")]
-    pub state_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    /// Accept connections arriving on this interface only (SO_BINDTODEVICE); with a config
+    /// file's [tunnel]: the tunnel's interface.
+    #[arg(long, value_name = "IFACE")]
+    pub bind_interface: Option<String>,
     /// Serve a promoted replica anyway: its committed state is dropped and the next
     /// primary re-seeds it with a rescan.
     #[arg(long)]
@@ -240,12 +301,14 @@ pub struct AttachArgs {
     #[arg(value_parser = parse_dm_name)]
     pub name: String,
 
-    /// The block device to track, e.g. /dev/vdb (used whole).
-    pub lower: PathBuf,
+    /// The block device to track, e.g. /dev/vdb (used whole; default: `device` of the
+    /// config file).
+    pub lower: Option<PathBuf>,
 
     /// Granularity of the dirty bitmap: a power of two, at least 4KiB (65536, 64K, 64KiB, 1M).
-    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_region_size)]
-    pub region_size: RegionSize,
+    /// Default 64KiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_region_size)]
+    pub region_size: Option<RegionSize>,
 
     /// Bitmap id (1-63 of A-Z a-z 0-9 _ . : -); default: 32 random hex digits.
     #[arg(long, value_name = "ID", value_parser = parse_bitmap_id)]
@@ -305,8 +368,8 @@ mod tests {
             panic!("not attach")
         };
         assert_eq!(a.name, "bdr0");
-        assert_eq!(a.lower, PathBuf::from("/dev/vdb"));
-        assert_eq!(a.region_size.sectors(), 128);
+        assert_eq!(a.lower, Some(PathBuf::from("/dev/vdb")));
+        assert_eq!(a.region_size, None);
         assert_eq!(a.id, None);
         assert_eq!(cli.verbose, 0);
     }
@@ -330,7 +393,7 @@ mod tests {
         let Command::Attach(a) = cli.command else {
             panic!("not attach")
         };
-        assert_eq!(a.region_size.bytes(), 1 << 20);
+        assert_eq!(a.region_size.unwrap().bytes(), 1 << 20);
         assert_eq!(a.id.as_deref(), Some("site-a.disk:1"));
         assert_eq!(a.kmod, Some(PathBuf::from("/tmp/dm-bdr.ko")));
     }
@@ -344,7 +407,7 @@ mod tests {
             &["attach", "bdr0", "/dev/vdb", "--id", "has space"],
             &["attach", "bdr0", "/dev/vdb", "--id", ""],
             &["attach", "a/b", "/dev/vdb"],
-            &["attach", "bdr0"],
+            &["attach"],
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
@@ -380,7 +443,7 @@ mod tests {
         let Command::Primary(PrimaryCommand::Run(r)) = cli.command else {
             panic!("not primary run")
         };
-        assert_eq!(r.interval, Duration::from_secs(1));
+        assert_eq!(r.interval, Some(Duration::from_secs(1)));
         assert_eq!(r.source.cow, Some(PathBuf::from("/c")));
         assert!(
             parse(&["sync", "vol", "--peer", "h:1"]).is_err(),
@@ -414,7 +477,9 @@ mod tests {
             panic!("not sync")
         };
         assert_eq!(s.source.cow_size, Some(64 << 20));
-        assert!(parse(&["replica", "serve", "--device", "d", "--listen", "a:1"]).is_err());
+        // Missing values come from the config file, checked when the command runs.
+        assert!(parse(&["replica", "serve", "--device", "d", "--listen", "a:1"]).is_ok());
+        assert!(parse(&["replica", "serve", "vol", "extra"]).is_err());
         assert!(parse(&["replica", "promote", "--device", "d", "--state-dir", "s"]).is_ok());
     }
 

@@ -18,7 +18,6 @@ const MAX_KEY_FILE: u64 = 256;
 /// Generates a private key, writes it base64 to `private_path` (mode 0600, parent dirs
 /// created 0700) and returns the base64 public key. An existing file is refused unless
 /// `force`, which replaces it atomically.
-#[allow(dead_code)] // until the CLI wires `bdr keygen`
 pub fn keygen(private_path: &Path, force: bool) -> Result<String> {
     let private = Key::generate_private();
     let text = format!("{}\n", private.to_base64());

@@ -4,7 +4,7 @@
 //!   payload to be wrapped in a valid header), plus a stream of several frames;
 //! * `replica_session`: inputs found by a deterministic random search, one per distinct
 //!   behaviour (commits, seeds, crashes at commit / while receiving, recovery replays and
-//!   discards, hash requests), preferring short ones.
+//!   discards, damaged journals, hash requests), preferring short ones.
 //!
 //! Run from `fuzz/`: `cargo run --release --example gen_seeds` (stable is fine).
 
@@ -147,7 +147,7 @@ impl Rng {
 }
 
 /// The behaviours an input shows, coarsely.
-fn signature(s: &Stats) -> [bool; 8] {
+fn signature(s: &Stats) -> [bool; 9] {
     [
         s.commits > 0,
         s.commits > 2,
@@ -157,21 +157,22 @@ fn signature(s: &Stats) -> [bool; 8] {
         s.crashes_receiving > 0,
         s.replayed > 0 || s.recovery_crashes > 0,
         s.discarded > 0,
+        s.torn > 0,
     ]
 }
 
 fn session_seeds(dir: &Path) {
     let scratch = Scratch::new();
     let mut rng = Rng(0x0bd7_f022_5eed_0001);
-    let mut best: BTreeMap<[bool; 8], Vec<u8>> = BTreeMap::new();
-    for _ in 0..40_000 {
+    let mut best: BTreeMap<[bool; 9], Vec<u8>> = BTreeMap::new();
+    for _ in 0..150_000 {
         let len = 16 + (rng.next() % 240) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(&bytes)) else {
             continue;
         };
         let sig = signature(&replica::check(&scratch, &input));
-        if sig == [false; 8] {
+        if sig == [false; 9] {
             continue;
         }
         match best.get(&sig) {

@@ -99,7 +99,18 @@ pub enum Op {
     Restart {
         recovery_crash: Option<Step>,
         arm: Option<Step>,
+        /// Damage the journal before the reopen (only when the device was not written for
+        /// its cut yet: damage after that is outside the journal's model).
+        tear: Option<Tear>,
     },
+}
+
+/// Damage to a journal: cut it at `at`, or flip bit `bit` of the byte at `at` (positions
+/// modulo the journal's length).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum Tear {
+    Truncate { at: u32 },
+    Flip { at: u32, bit: u8 },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -378,6 +389,26 @@ impl Scratch {
         fs::read(&self.device).unwrap()
     }
 
+    /// Damages the journal, if there is one; whether it changed.
+    fn tear_journal(&self, t: Tear) -> bool {
+        let path = self.state_dir.join("journal");
+        let Ok(mut b) = fs::read(&path) else {
+            return false;
+        };
+        if b.is_empty() {
+            return false;
+        }
+        match t {
+            Tear::Truncate { at } => b.truncate(at as usize % b.len()),
+            Tear::Flip { at, bit } => {
+                let n = b.len();
+                b[at as usize % n] ^= 1 << (bit % 8);
+            }
+        }
+        fs::write(&path, b).unwrap();
+        true
+    }
+
     fn journal_exists(&self) -> bool {
         self.state_dir.join("journal").exists()
     }
@@ -440,6 +471,8 @@ pub struct Stats {
     pub crashes_at_commit: u32,
     pub crashes_receiving: u32,
     pub recovery_crashes: u32,
+    /// Journals damaged before a reopen.
+    pub torn: u32,
     pub replayed: u32,
     pub discarded: u32,
 }
@@ -710,11 +743,30 @@ impl<'a> Harness<'a> {
     }
 
     /// The process dies and restarts.
-    fn restart(&mut self, recovery_crash: Option<CommitStep>, arm: Option<CommitStep>) {
+    fn restart(
+        &mut self,
+        recovery_crash: Option<CommitStep>,
+        arm: Option<CommitStep>,
+        tear: Option<Tear>,
+    ) {
         drop(self.session.take());
         self.pending = None;
         self.peer = None;
         self.armed = None;
+        let before_device_writes = self.crashed.as_ref().is_none_or(|c| {
+            !c.seed
+                && matches!(
+                    c.step,
+                    CommitStep::JournalAppend(_)
+                        | CommitStep::JournalSynced
+                        | CommitStep::CommitRecord
+                )
+        });
+        let mut torn = false;
+        if let (Some(t), true) = (tear, before_device_writes) {
+            torn = self.scratch.tear_journal(t);
+            self.stats.torn += u32::from(torn);
+        }
         let mut store = None;
         if let Some(step) = recovery_crash {
             match ReplicaStore::open_with_crash_point(
@@ -738,11 +790,13 @@ impl<'a> Harness<'a> {
         }
         // Resolve a crash: the previous cut or the one being committed, as the step says.
         if let Some(c) = self.crashed.take() {
-            let durable = if c.seed {
-                c.step == CommitStep::StateUpdated
-            } else {
-                c.step.is_durable()
-            };
+            // A damaged journal is not committed: the cut is lost.
+            let durable = !torn
+                && if c.seed {
+                    c.step == CommitStep::StateUpdated
+                } else {
+                    c.step.is_durable()
+                };
             if let (true, Some((id, img, volume))) = (durable, c.committing) {
                 self.model.images.insert(id, img);
                 self.model.last = Some(id);
@@ -932,7 +986,8 @@ impl<'a> Harness<'a> {
             Op::Restart {
                 recovery_crash,
                 arm,
-            } => self.restart(recovery_crash.map(Step::get), arm.map(Step::get)),
+                tear,
+            } => self.restart(recovery_crash.map(Step::get), arm.map(Step::get), *tear),
         }
     }
 
@@ -1056,7 +1111,7 @@ pub fn check(scratch: &Scratch, input: &Input) -> Stats {
         h.op(op);
     }
     // At the end, the process dies once more and recovers.
-    h.restart(None, None);
+    h.restart(None, None, None);
     h.session = None;
     h.stats
 }

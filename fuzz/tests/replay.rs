@@ -50,9 +50,11 @@ fn replica_session_inputs() {
         total.commits += s.commits;
         total.crashes_at_commit += s.crashes_at_commit;
         total.replayed += s.replayed;
+        total.torn += s.torn;
     }
     // The seeds reach what the target is about.
     assert!(total.commits > 0, "{total:?}");
     assert!(total.crashes_at_commit > 0, "{total:?}");
     assert!(total.replayed > 0, "{total:?}");
+    assert!(total.torn > 0, "{total:?}");
 }

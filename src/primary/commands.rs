@@ -12,8 +12,12 @@ use super::daemon::{self, LoopOptions};
 use super::engine::{CutSummary, Replicator, Step};
 use super::source;
 use crate::cli::{PrimaryRunArgs, SyncArgs, VerifyArgs};
+use crate::config::required;
 use crate::size::format_bytes;
 use crate::state::StateDir;
+
+/// Time between the starts of two cuts when neither `--interval` nor the config gives one.
+pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A multi-threaded runtime (ship pipelines reads and compression across cores).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -47,6 +51,8 @@ pub fn stop_on_signals() -> Result<watch::Receiver<bool>> {
 
 /// `bdr primary run NAME --peer ADDR --interval D`.
 pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
+    let peer = required(a.peer.clone(), "--peer", &a.name)?;
+    let interval = a.interval.unwrap_or(DEFAULT_INTERVAL);
     let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
     let mut src = source::open(&a.name, &a.source)?;
     runtime()?.block_on(async {
@@ -54,18 +60,18 @@ pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
         let mut rep = Replicator::new(
             &mut *src,
             dir,
-            &a.peer,
+            &peer,
             "primary run",
             ShipOptions::default(),
         )?;
         tracing::info!(
             volume = %a.name,
-            peer = %a.peer,
-            interval_ms = a.interval.as_millis() as u64,
+            peer = %peer,
+            interval_ms = interval.as_millis() as u64,
             last_cut = ?rep.state().last_cut,
             "replication daemon started"
         );
-        let r = daemon::run(&mut rep, &LoopOptions::new(a.interval), stop).await;
+        let r = daemon::run(&mut rep, &LoopOptions::new(interval), stop).await;
         rep.finish().await;
         tracing::info!("replication daemon stopped");
         r
@@ -110,6 +116,7 @@ pub fn render_summary(s: &CutSummary) -> String {
 
 /// `bdr sync --once NAME --peer ADDR`.
 pub fn sync_once(a: &SyncArgs) -> Result<()> {
+    let peer = required(a.peer.clone(), "--peer", &a.name)?;
     let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
     let mut src = source::open(&a.name, &a.source)?;
     let step = runtime()?.block_on(async {
@@ -117,7 +124,7 @@ pub fn sync_once(a: &SyncArgs) -> Result<()> {
         let mut rep = Replicator::new(
             &mut *src,
             dir,
-            &a.peer,
+            &peer,
             "sync --once",
             ShipOptions::default(),
         )?;
@@ -154,10 +161,11 @@ struct VerifyJson {
 
 /// `bdr verify NAME --peer ADDR`: exit 1 when anything differs.
 pub fn verify(a: &VerifyArgs) -> Result<()> {
+    let peer = required(a.peer.clone(), "--peer", &a.name)?;
     let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
     let mut src = source::open(&a.name, &a.source)?;
     let report = runtime()?.block_on(async {
-        let mut rep = Replicator::new(&mut *src, dir, &a.peer, "verify", ShipOptions::default())?;
+        let mut rep = Replicator::new(&mut *src, dir, &peer, "verify", ShipOptions::default())?;
         let r = rep.verify().await;
         rep.finish().await;
         r

@@ -159,16 +159,70 @@ fn check_promoted(dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `serve` needs: from the options, else the config file (see `config::apply`).
+fn need<'a, T>(v: &'a Option<T>, opt: &str, a: &ReplicaServeArgs) -> Result<&'a T> {
+    v.as_ref().ok_or_else(|| match &a.name {
+        Some(n) => anyhow::anyhow!(
+            "{opt} is missing: give it, or set it in {} (see docs/config.md)",
+            crate::config::path_for(n, None).display()
+        ),
+        None => anyhow::anyhow!(
+            "{opt} is missing: give it, or name the volume (its config file has it)"
+        ),
+    })
+}
+
+/// Bind the listen address, on `device` only if given. A tunnel address that was just
+/// configured may not be usable for a moment (IPv6 duplicate address detection): retry
+/// EADDRNOTAVAIL for a few seconds.
+async fn bind(listen: &str, device: Option<&str>) -> Result<TcpListener> {
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: not ADDR:PORT"))?
+        .next()
+        .with_context(|| format!("--listen {listen} resolves to no address"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        sock.set_reuseaddr(true)?;
+        if let Some(dev) = device {
+            sock.bind_device(Some(dev.as_bytes())).with_context(|| {
+                format!("bind the listening socket to interface {dev} (does it exist?)")
+            })?;
+        }
+        match sock.bind(addr).and_then(|()| sock.listen(128)) {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("listen on {listen} (is that address on an interface of this host?)")
+                })
+            }
+        }
+    }
+}
+
 pub fn run(a: &ReplicaServeArgs) -> Result<()> {
-    let dir = a.state_dir.as_path();
+    let dir = need(&a.state_dir, "--state-dir", a)?.as_path();
+    let device = need(&a.device, "--device", a)?;
+    let listen = need(&a.listen, "--listen", a)?;
     if dir.exists() {
         check_promoted(dir, a.force)?;
     }
-    let store = open_store(&a.device, dir)?;
+    let store = open_store(device, dir)?;
     let mut file = ReplicaStatusFile {
         pid: std::process::id(),
         state: "serving".to_string(),
-        device: a.device.display().to_string(),
+        device: device.display().to_string(),
         device_bytes: store.device_bytes(),
         recovery: describe_recovery(store.recovery()),
         volume: store.state().map(|s| volume_hex(&s.volume)),
@@ -177,18 +231,16 @@ pub fn run(a: &ReplicaServeArgs) -> Result<()> {
         ..Default::default()
     };
     tracing::info!(
-        device = %a.device.display(),
+        device = %device.display(),
         recovery = %file.recovery,
         last_cut = ?file.last_cut,
         "replica store open"
     );
     runtime()?.block_on(async {
-        let listener = TcpListener::bind(&a.listen)
-            .await
-            .with_context(|| format!("listen on {}", a.listen))?;
+        let listener = bind(listen, a.bind_interface.as_deref()).await?;
         file.listen = listener.local_addr()?.to_string();
         file.write(dir);
-        tracing::info!(listen = %file.listen, "serving");
+        tracing::info!(listen = %file.listen, interface = ?a.bind_interface, "serving");
         let stop = stop_on_signals()?;
         let status = Arc::new(Mutex::new(ServeStatus::default()));
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();

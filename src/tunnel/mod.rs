@@ -201,7 +201,6 @@ const NO_KERNEL_WG_FIX: &str = "load the module (modprobe wireguard), or run wir
 /// Brings the tunnel up or brings it in line with `spec`: creates the interface if
 /// missing, sets the private key, listen port and fwmark, makes `spec`'s peer the only
 /// peer, makes `spec.address` the only address, sets the link up.
-#[allow(dead_code)] // until the daemons call it
 pub fn up(spec: &TunnelSpec) -> Result<()> {
     spec.check()?;
     let name = interface_name(&spec.interface)?;
@@ -363,7 +362,6 @@ fn explain_userspace(e: io::Error, iface: &str) -> anyhow::Error {
 /// Removes the tunnel interface (kernel link, or stops wireguard-go by removing its UAPI
 /// socket). Not an error if it does not exist; refuses to delete a link that is neither a
 /// WireGuard nor a tun interface.
-#[allow(dead_code)] // until the CLI wires it
 pub fn down(interface: &str) -> Result<()> {
     validate_interface_name(interface)?;
     let mut stopped_userspace = false;
@@ -436,7 +434,6 @@ pub struct PeerStatus {
 }
 
 /// Reads the state of tunnel interface `interface` (kernel or wireguard-go).
-#[allow(dead_code)] // until the CLI wires it
 pub fn show(interface: &str) -> Result<TunnelStatus> {
     let name = interface_name(interface)?;
     let socket = userspace_socket(interface);
@@ -499,7 +496,6 @@ pub fn show(interface: &str) -> Result<TunnelStatus> {
 }
 
 /// `wg show`-like text, one line per item (the same as `st.to_string()`).
-#[allow(dead_code)] // until the CLI wires it
 pub fn render(st: &TunnelStatus) -> String {
     st.to_string()
 }
