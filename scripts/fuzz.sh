@@ -7,7 +7,7 @@
 #
 # Installs cargo-fuzz if missing (cargo install --locked). Each target starts from its
 # working corpus fuzz/corpus/<target>/ (git-ignored, grows across runs) after the committed
-# seeds fuzz/seeds/<target>/ are copied in. Exits non-zero if any target crashed, and
+# seeds fuzz/seeds/<target>/ and regression inputs fuzz/regressions/<target>/ are copied in. Exits non-zero if any target crashed, and
 # prints where its crash artifacts are (fuzz/artifacts/<target>/). See docs/fuzzing.md.
 #
 # Environment: FUZZ_TARGETS (default: all targets), FUZZ_SANITIZER (address, the default,
@@ -37,17 +37,19 @@ summary=()
 for t in $targets; do
     mkdir -p "corpus/$t" "artifacts/$t"
     cp "seeds/$t"/* "corpus/$t/"
+    # Past crashes kept as regression inputs are replayed first too.
+    if [ -d "regressions/$t" ]; then cp "regressions/$t"/* "corpus/$t/" 2>/dev/null; fi
     stamp=$(mktemp)
     log="artifacts/$t.log"
     echo "== fuzzing $t for ${secs}s (log: fuzz/$log)"
     cargo fuzz run -s "$sanitizer" "$t" "corpus/$t" -- \
         -max_total_time="$secs" -timeout=10 -print_final_stats=1 "$@" 2>&1 | tee "$log" |
-        grep -E '^#[0-9]+[[:space:]]+(INITED|pulse|DONE)|^Done|panicked|ERROR|SUMMARY|Test unit written'
+        grep --line-buffered -E '^#[0-9]+[[:space:]]+(INITED|pulse|DONE)|^Done|panicked|ERROR|SUMMARY|Test unit written'
     rc=${PIPESTATUS[0]}
     new=$(find "artifacts/$t" -type f -newer "$stamp" | sort)
     rm -f "$stamp"
-    execs=$(grep -oE 'stat::number_of_executed_units: [0-9]+' "$log" | awk '{s += $2} END {print s + 0}')
-    rate=$(grep -oE 'stat::average_exec_per_sec: [0-9]+' "$log" | awk '{s += $2} END {print s + 0}')
+    execs=$(grep -oE 'stat::number_of_executed_units:[[:space:]]+[0-9]+' "$log" | awk '{s += $2} END {print s + 0}')
+    rate=$(grep -oE 'stat::average_exec_per_sec:[[:space:]]+[0-9]+' "$log" | awk '{s += $2} END {print s + 0}')
     cov=$(grep -oE '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)[[:space:]]+cov: [0-9]+ ft: [0-9]+' "$log" | tail -n1 | sed -E 's/.*(cov: .*)/\1/')
     if [ "$rc" != 0 ] || [ -n "$new" ]; then
         failed+=("$t")
