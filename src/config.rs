@@ -17,8 +17,8 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::cli::{parse_duration, Command, PrimaryCommand, ReplicaCommand, SourceArgs};
-use crate::state::state_dir_of;
 use crate::size::{parse_region_size, parse_size, RegionSize};
+use crate::state::state_dir_of;
 use crate::target::{validate_bitmap_id, validate_dm_name};
 
 /// Where config files live unless `--config` names one.
@@ -163,7 +163,10 @@ pub fn config_dir() -> PathBuf {
 
 /// The file for volume `name`: `explicit`, else `<config dir>/NAME.toml`.
 pub fn path_for(name: &str, explicit: Option<&Path>) -> PathBuf {
-    explicit.map_or_else(|| config_dir().join(format!("{name}.toml")), Path::to_path_buf)
+    explicit.map_or_else(
+        || config_dir().join(format!("{name}.toml")),
+        Path::to_path_buf,
+    )
 }
 
 /// The default WireGuard interface of a volume: `bdr-NAME`, cut to the kernel's 15 bytes.
@@ -324,7 +327,11 @@ pub fn check(
     let mut out = Vec::new();
     let p = &mut out;
     if let Err(e) = validate_dm_name(name) {
-        problem(p, "(file name)", format!("'{name}' is not a volume name: {e}"));
+        problem(
+            p,
+            "(file name)",
+            format!("'{name}' is not a volume name: {e}"),
+        );
     }
     let primary = f.role == Role::Primary;
     let only = |p: &mut Vec<Problem>, key: &str, set: bool, role: Role| {
@@ -332,7 +339,10 @@ pub fn check(
             problem(
                 p,
                 key,
-                format!("only means something on the {role}; remove it (role is {})", f.role),
+                format!(
+                    "only means something on the {role}; remove it (role is {})",
+                    f.role
+                ),
             );
         }
     };
@@ -354,10 +364,11 @@ pub fn check(
             problem(p, "bitmap_id", e);
         }
     }
-    let interval = f
-        .interval
-        .as_deref()
-        .and_then(|s| parse_duration(s).map_err(|e| problem(p, "interval", e)).ok());
+    let interval = f.interval.as_deref().and_then(|s| {
+        parse_duration(s)
+            .map_err(|e| problem(p, "interval", e))
+            .ok()
+    });
     let cow_size = f.cow_size.as_deref().and_then(|s| {
         parse_size(s)
             .map_err(|e| problem(p, "cow_size", e.to_string()))
@@ -370,14 +381,21 @@ pub fn check(
     }
     if let Some(l) = &f.listen {
         if l.parse::<SocketAddr>().is_err() {
-            problem(p, "listen", format!("'{l}' is not ADDR:PORT (e.g. 10.99.0.2:7700)"));
+            problem(
+                p,
+                "listen",
+                format!("'{l}' is not ADDR:PORT (e.g. 10.99.0.2:7700)"),
+            );
         }
     }
     if f.port == Some(0) {
         problem(p, "port", "must be 1-65535");
     }
 
-    let tunnel = f.tunnel.as_ref().and_then(|t| check_tunnel(name, f.role, t, p));
+    let tunnel = f
+        .tunnel
+        .as_ref()
+        .and_then(|t| check_tunnel(name, f.role, t, p));
     let managed = tunnel.as_ref().is_some_and(|t| t.managed);
     if primary && f.peer.is_none() && tunnel.is_none() && f.tunnel.is_none() {
         problem(
@@ -465,11 +483,17 @@ fn check_tunnel(
             problem(
                 p,
                 "tunnel.peer_address",
-                format!("{pa} is outside {} (tunnel.address): use one subnet", t.address),
+                format!(
+                    "{pa} is outside {} (tunnel.address): use one subnet",
+                    t.address
+                ),
             );
         }
     }
-    let interface = t.interface.clone().unwrap_or_else(|| default_interface(name));
+    let interface = t
+        .interface
+        .clone()
+        .unwrap_or_else(|| default_interface(name));
     if let Err(e) = valid_interface(&interface) {
         problem(p, "tunnel.interface", e);
     }
@@ -609,7 +633,10 @@ fn check_machine(f: &ConfigFile, tunnel: Option<&TunnelConfig>, p: &mut Vec<Prob
             Ok(_) => problem(
                 p,
                 "cow",
-                format!("{} is neither a directory nor a block device", cow.display()),
+                format!(
+                    "{} is neither a directory nor a block device",
+                    cow.display()
+                ),
             ),
         }
     } else if f.role == Role::Primary {
@@ -622,7 +649,11 @@ fn check_machine(f: &ConfigFile, tunnel: Option<&TunnelConfig>, p: &mut Vec<Prob
     if let Some(dir) = &f.state_dir {
         if let Ok(m) = std::fs::metadata(dir) {
             if !m.is_dir() {
-                problem(p, "state_dir", format!("{} is not a directory", dir.display()));
+                problem(
+                    p,
+                    "state_dir",
+                    format!("{} is not a directory", dir.display()),
+                );
             } else if m.permissions().mode() & 0o077 != 0 {
                 problem(
                     p,
@@ -640,7 +671,10 @@ fn check_machine(f: &ConfigFile, tunnel: Option<&TunnelConfig>, p: &mut Vec<Prob
     if let Some(t) = tunnel.filter(|t| t.managed) {
         check_key_file(p, "tunnel.private_key", &t.private_key);
         if let Some(ep) = &t.peer_endpoint {
-            if ep.to_socket_addrs().map_or(true, |mut a| a.next().is_none()) {
+            if ep
+                .to_socket_addrs()
+                .map_or(true, |mut a| a.next().is_none())
+            {
                 problem(
                     p,
                     "tunnel.peer_endpoint",
@@ -815,7 +849,9 @@ pub fn run_check(name: &str, explicit: Option<&Path>) -> Result<()> {
                 t.address,
                 t.prefix_len,
                 t.peer_address,
-                t.peer_endpoint.as_deref().unwrap_or("(the primary dials in)")
+                t.peer_endpoint
+                    .as_deref()
+                    .unwrap_or("(the primary dials in)")
             );
         }
         return Ok(());

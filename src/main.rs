@@ -63,7 +63,10 @@ fn run(cli: &mut Cli) -> anyhow::Result<()> {
         Command::Detach(d) => detach::run(&d.name, d.state_dir.as_deref()),
         Command::Status(s) => match s.name.as_deref().map(|n| config::load(n, explicit)) {
             Some(Ok(Some(c))) if c.role == config::Role::Replica => {
-                let dir = s.state_dir.clone().unwrap_or_else(|| state::state_dir_of(&c.name, None));
+                let dir = s
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| state::state_dir_of(&c.name, None));
                 replica::status::run(&dir, s.json)
             }
             _ => status::run(s.name.as_deref(), s.json, s.state_dir.as_deref()),

@@ -57,13 +57,8 @@ pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
     let mut src = source::open(&a.name, &a.source)?;
     runtime()?.block_on(async {
         let stop = stop_on_signals()?;
-        let mut rep = Replicator::new(
-            &mut *src,
-            dir,
-            &peer,
-            "primary run",
-            ShipOptions::default(),
-        )?;
+        let mut rep =
+            Replicator::new(&mut *src, dir, &peer, "primary run", ShipOptions::default())?;
         tracing::info!(
             volume = %a.name,
             peer = %peer,
@@ -121,13 +116,8 @@ pub fn sync_once(a: &SyncArgs) -> Result<()> {
     let mut src = source::open(&a.name, &a.source)?;
     let step = runtime()?.block_on(async {
         let stop = stop_on_signals()?;
-        let mut rep = Replicator::new(
-            &mut *src,
-            dir,
-            &peer,
-            "sync --once",
-            ShipOptions::default(),
-        )?;
+        let mut rep =
+            Replicator::new(&mut *src, dir, &peer, "sync --once", ShipOptions::default())?;
         let r = rep.step(false, &stop).await;
         rep.finish().await;
         r
