@@ -42,7 +42,8 @@ pub fn spec(t: &TunnelConfig) -> Result<TunnelSpec> {
 /// Bring the tunnel up (idempotent) and log it.
 pub fn up(t: &TunnelConfig) -> Result<()> {
     let s = spec(t)?;
-    tunnel::up(&s).with_context(|| format!("cannot bring up WireGuard interface {}", t.interface))?;
+    tunnel::up(&s)
+        .with_context(|| format!("cannot bring up WireGuard interface {}", t.interface))?;
     tracing::info!(
         interface = %t.interface,
         address = %format!("{}/{}", t.address, t.prefix_len),
