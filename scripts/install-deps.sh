@@ -36,7 +36,7 @@ fi
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
 	linux-image-amd64 linux-headers-amd64 kmod fio dmsetup e2fsprogs \
-	xfsprogs wireguard-tools tcpdump busybox-static iproute2 util-linux procps udev python3-pip \
+	xfsprogs wireguard-tools wireguard-go tcpdump busybox-static iproute2 util-linux procps udev python3-pip \
 	make gcc bc flex bison libelf-dev libssl-dev \
 	pkg-config libdevmapper-dev libclang-dev clang
 # QEMU from backports too: the machine may already carry qemu-utils from there, which breaks

@@ -668,8 +668,13 @@ fn check_machine(f: &ConfigFile, tunnel: Option<&TunnelConfig>, p: &mut Vec<Prob
             }
         }
     }
+    // From the raw table: a key file is worth checking even when other tunnel keys are bad.
+    if let Some(t) = f.tunnel.as_ref().filter(|t| t.managed.unwrap_or(true)) {
+        if let Some(key) = &t.private_key {
+            check_key_file(p, "tunnel.private_key", key);
+        }
+    }
     if let Some(t) = tunnel.filter(|t| t.managed) {
-        check_key_file(p, "tunnel.private_key", &t.private_key);
         if let Some(ep) = &t.peer_endpoint {
             if ep
                 .to_socket_addrs()
