@@ -735,3 +735,70 @@ fn world_readable_state_is_refused() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     assert!(text(&o.stderr).contains("chmod 600"), "{}", show(&o));
 }
+
+/// Hostile bytes at a real `bdr replica serve`: garbage, a header claiming a huge frame, a
+/// frame of an unknown protocol version, a header then silence cut short. Each connection
+/// is refused with the reason in the replica's log and in `bdr replica status`; the
+/// committed cut and the device are untouched and the server keeps serving.
+#[test]
+fn hostile_bytes_leave_the_replica_serving_its_committed_cut() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let lab = Lab::new(12);
+    let (replica, addr) = lab.start_replica("127.0.0.1:0");
+    lab.sync_once(&addr);
+    let before = fs::read(&lab.rdev).unwrap();
+    let status = || {
+        let o = bdr(&[
+            "replica",
+            "status",
+            "--state-dir",
+            Lab::p(&lab.rstate),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", show(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let cut = status()["committed"]["last_cut"].clone();
+    assert!(cut.is_u64(), "{}", status());
+    let header = |version: u16, len: u32| {
+        let mut h = b"BDRF".to_vec();
+        h.extend(version.to_le_bytes());
+        h.extend(0u16.to_le_bytes());
+        h.extend(len.to_le_bytes());
+        h.extend([0u8; 8]);
+        h
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "magic"),
+        (header(1, u32::MAX), "exceeds the limit"),
+        (header(99, 16), "version 99"),
+        ([header(1, 64), vec![7u8; 10]].concat(), "truncated"),
+    ];
+    for (bytes, want) in cases {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply); // the server answers an Error frame and closes
+        let msg = wait_for(Duration::from_secs(10), "the error in the status", || {
+            let v = status();
+            let m = v["last_error"]["message"].as_str()?.to_string();
+            m.contains(want).then_some(m)
+        });
+        assert!(
+            replica.log().contains(want),
+            "log lacks {want:?}:\n{}",
+            replica.log()
+        );
+        assert_eq!(status()["committed"]["last_cut"], cut, "after {msg}");
+        assert_eq!(status()["server"], "serving");
+    }
+    assert!(
+        fs::read(&lab.rdev).unwrap() == before,
+        "the replica device changed"
+    );
+    // Still a working replica.
+    lab.sync_once(&addr);
+}
