@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bdr's main job, end to end, in the VM lab (QEMU software emulation; nothing touches this
-# machine's disks): a primary and a replica in two network namespaces, ext4 on the primary
-# under a file workload, `bdr primary run --interval 1s`, status shown live until the
-# replica equals the primary byte for byte, and a fsck of the replica.
+# machine's disks): a primary and a replica in two network namespaces, each with a key pair
+# and a config file, the WireGuard tunnel brought up by bdr, ext4 on the primary under a file
+# workload, `bdr primary run demo` (a cut every second), status shown live until the replica
+# equals the primary byte for byte, and a fsck of the replica.
 #
 #   scripts/demo.sh [--kernel 6.12|6.1|<version>]      (needs scripts/install-deps.sh once)
 #
@@ -48,30 +49,64 @@ if [ "${1:-}" = --guest ]; then
 	run ip -n bdrp link set lo up
 	run ip -n bdrr link set lo up
 
-	step "the replica: a 256 MiB disk, served on 10.77.0.2:7800"
+	step "keys and config files: /etc/bdr/demo.toml on each machine (here \$BDR_CONFIG_DIR)"
+	P=$T_SCRATCH/etc-primary R=$T_SCRATCH/etc-replica
+	run mkdir -m 700 -p "$P" "$R"
+	pubp=$(BDR_CONFIG_DIR=$P "$bdr" keygen --out "$P/demo.key") || { t_fail "keygen"; exit 1; }
+	pubr=$(BDR_CONFIG_DIR=$R "$bdr" keygen --out "$R/demo.key") || { t_fail "keygen"; exit 1; }
 	rdev=$(mk_nullb 256 memory_backed=1 blocksize=4096) || { t_fail "mk_nullb"; exit 1; }
-	ip netns exec bdrr "$bdr" replica serve --device "$rdev" --listen 10.77.0.2:7800 \
-		--state-dir "$T_SCRATCH/replica" >"$RESULTS/replica.log" 2>&1 &
+	lower=$(mk_nullb 256 memory_backed=1 blocksize=4096) || { t_fail "mk_nullb"; exit 1; }
+	run mkdir -p "$T_SCRATCH/cow"
+	cat >"$P/demo.toml" <<EOF
+role = "primary"
+device = "$lower"
+interval = "1s"
+cow = "$T_SCRATCH/cow"
+cow_size = "128MiB"
+state_dir = "$T_SCRATCH/primary"
+
+[tunnel]
+private_key = "$P/demo.key"
+address = "10.99.0.1/30"
+peer_public_key = "$pubr"
+peer_endpoint = "10.77.0.2:51820"
+peer_address = "10.99.0.2"
+EOF
+	cat >"$R/demo.toml" <<EOF
+role = "replica"
+device = "$rdev"
+state_dir = "$T_SCRATCH/replica"
+
+[tunnel]
+private_key = "$R/demo.key"
+address = "10.99.0.2/30"
+peer_public_key = "$pubp"
+peer_address = "10.99.0.1"
+EOF
+	sed 's/^/    /' "$P/demo.toml"
+	export BDR_CONFIG_DIR=$P
+	run "$bdr" config check demo
+	run env BDR_CONFIG_DIR="$R" "$bdr" config check demo
+
+	step "the replica: bdr replica serve demo (tunnel up, listening on 10.99.0.2:7700 only)"
+	BDR_CONFIG_DIR=$R ip netns exec bdrr "$bdr" replica serve demo >"$RESULTS/replica.log" 2>&1 &
 	rpid=$!
 	t_defer sh -c "kill $rpid 2>/dev/null; true"
-	sleep 1
+	sleep 2
 	kill -0 "$rpid" || { cat "$RESULTS/replica.log"; t_fail "replica did not start"; exit 1; }
+	run env BDR_CONFIG_DIR="$R" ip netns exec bdrr "$bdr" tunnel status demo
 
-	step "the primary: attach /dev/mapper/demo over a 256 MiB disk, ext4 on it"
-	lower=$(mk_nullb 256 memory_backed=1 blocksize=4096) || { t_fail "mk_nullb"; exit 1; }
+	step "the primary: bdr attach demo, ext4 on /dev/mapper/demo"
 	t_defer _dm_rm demo # in case a later step fails
-	run "$bdr" attach demo "$lower" --region-size 64KiB --kmod "$BDR_KO" --state-dir "$T_SCRATCH/primary"
+	run "$bdr" attach demo --kmod "$BDR_KO"
 	run dmsetup table demo
 	run mkfs.ext4 -q -F /dev/mapper/demo
 	run mk_mount /dev/mapper/demo "$T_SCRATCH/mnt"
 
-	step "replicate: bdr primary run demo --peer 10.77.0.2:7800 --interval 1s"
-	run mkdir -p "$T_SCRATCH/cow"
+	step "replicate: bdr primary run demo (tunnel up, a cut every second)"
 	# nsenter --net, not `ip netns exec`: the latter also gives the daemon a private copy of
 	# the mount table, which would keep the filesystem alive after the umount below.
-	nsenter --net=/run/netns/bdrp "$bdr" primary run demo --peer 10.77.0.2:7800 --interval 1s \
-		--cow "$T_SCRATCH/cow" --cow-size 128M --state-dir "$T_SCRATCH/primary" \
-		>"$RESULTS/primary.log" 2>&1 &
+	nsenter --net=/run/netns/bdrp "$bdr" primary run demo >"$RESULTS/primary.log" 2>&1 &
 	ppid=$!
 	t_defer sh -c "kill $ppid 2>/dev/null; true"
 
@@ -86,7 +121,7 @@ if [ "${1:-}" = --guest ]; then
 	wpid=$!
 	while kill -0 $wpid 2>/dev/null; do
 		sleep 2
-		"$bdr" status demo --state-dir "$T_SCRATCH/primary" | sed 's/^/    /'
+		"$bdr" status demo | sed 's/^/    /'
 		echo
 	done
 	run umount mnt
@@ -96,7 +131,7 @@ if [ "${1:-}" = --guest ]; then
 	deadline=$(($(date +%s) + 120))
 	while [ "$(date +%s)" -lt "$deadline" ]; do
 		kill -0 "$ppid" 2>/dev/null || { tail -n 20 "$RESULTS/primary.log"; t_fail "the primary daemon died"; exit 1; }
-		st=$("$bdr" status demo --json --state-dir "$T_SCRATCH/primary")
+		st=$("$bdr" status demo --json)
 		pending=$(echo "$st" | json 'd["replication"]["pending_regions"]' 2>/dev/null)
 		cut=$(echo "$st" | json 'd["replication"]["last_committed_cut"]' 2>/dev/null)
 		echo "    cut $cut committed, $pending regions pending"
@@ -104,7 +139,7 @@ if [ "${1:-}" = --guest ]; then
 		sleep 1
 	done
 	[ -n "$ok" ] || { tail -n 20 "$RESULTS/primary.log"; t_fail "the replica never caught up"; exit 1; }
-	run "$bdr" status demo --state-dir "$T_SCRATCH/primary"
+	run "$bdr" status demo
 	echo "replica == primary, byte for byte ($(blockdev --getsize64 "$rdev") bytes)"
 
 	step "the replica mounts: fsck a copy"
@@ -115,7 +150,7 @@ if [ "${1:-}" = --guest ]; then
 	run rm -f "$T_SCRATCH/replica.img"
 
 	step "detach (the bitmap is saved for the next attach)"
-	run "$bdr" detach demo --state-dir "$T_SCRATCH/primary"
+	run "$bdr" detach demo
 	run test ! -e /dev/mapper/demo
 	exit 0
 fi
