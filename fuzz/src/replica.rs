@@ -307,16 +307,21 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// A new scratch dir `bdr-fuzz.<pid>.*` in /dev/shm (or the temp dir). libFuzzer ends
+    /// with `exit()`, which never drops the static holding it: the dirs of processes that
+    /// are gone are removed here instead.
     pub fn new() -> Scratch {
-        let base = Path::new("/dev/shm");
-        let dir = if base.is_dir() {
-            tempfile::Builder::new()
-                .prefix("bdr-fuzz.")
-                .tempdir_in(base)
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
         } else {
-            tempfile::Builder::new().prefix("bdr-fuzz.").tempdir()
-        }
-        .expect("scratch dir");
+            std::env::temp_dir()
+        };
+        remove_stale_scratch(&base);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("bdr-fuzz.{}.", std::process::id()))
+            .tempdir_in(&base)
+            .expect("scratch dir");
         let device = dir.path().join("replica.img");
         let state_dir = dir.path().join("state");
         let mut s = Scratch {
@@ -411,6 +416,27 @@ impl Scratch {
 
     fn journal_exists(&self) -> bool {
         self.state_dir.join("journal").exists()
+    }
+}
+
+/// Removes the `bdr-fuzz.<pid>.*` dirs in `base` of processes that no longer exist.
+fn remove_stale_scratch(base: &Path) {
+    let Ok(rd) = fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("bdr-fuzz."))
+            .and_then(|n| n.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
     }
 }
 
