@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project's one test command: host tests (cargo test --workspace), then the VM lab on all
-# kernels with all suites (tests/vm/run.sh). Runs both; exits non-zero if either fails.
+# The project's one test command: host tests (cargo test --workspace, the fuzz targets' seeds
+# and 30 s of fuzzing per target), then the VM lab on all kernels with all suites
+# (tests/vm/run.sh). Runs both; exits non-zero if either fails.
 # Arguments are passed to tests/vm/run.sh (e.g. --kernel 6.12 smoke).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.." || exit 1
 t0=$(date +%s)
 echo "== host tests: cargo test --workspace"
 if cargo test --workspace; then host=ok; else host=FAILED; fi
+echo "== fuzzing: seeds replayed, then scripts/fuzz.sh 30 (each target 30 s)"
+(cd fuzz && cargo test --quiet) || host=FAILED
+scripts/fuzz.sh 30 || host=FAILED
 t1=$(date +%s)
 
 echo "== VM lab: tests/vm/run.sh $*"

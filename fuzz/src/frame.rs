@@ -10,6 +10,7 @@
 //! In both modes the second byte (if any) also sets the read size of the async reader
 //! (1..=256 bytes per `poll_read`), to exercise its partial reads.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
@@ -23,57 +24,72 @@ use bdr_sync::frame::{
 };
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Allocation accounting, fed by [`CountingAlloc`] when the binary installs it as its global
-/// allocator (the fuzz target does; the replay tests do too).
-pub static LARGEST_ALLOC: AtomicUsize = AtomicUsize::new(0);
-pub static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-pub static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Whether a [`CountingAlloc`] is installed (otherwise the allocation checks are skipped).
 pub static COUNTING: AtomicUsize = AtomicUsize::new(0);
 
-/// A global allocator over the system one that records the largest single allocation and
-/// the peak of live bytes. Single-threaded use only (the fuzz loop is).
+thread_local! {
+    /// Accounting of the measuring thread only: other threads (the test harness runs tests
+    /// in parallel) allocate as they like without disturbing it.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A global allocator over the system one that records, on a thread inside [`measured`],
+/// the largest single allocation and the peak of live bytes.
 pub struct CountingAlloc;
 
+// SAFETY: every call is forwarded unchanged to the system allocator; the bookkeeping only
+// touches const-initialised thread-locals (no allocation, no reentrancy).
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        self.note(l.size());
-        std::alloc::System.alloc(l)
+        note(l.size(), 0);
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { std::alloc::System.alloc(l) }
     }
     unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
-        self.note(l.size());
-        std::alloc::System.alloc_zeroed(l)
+        note(l.size(), 0);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.alloc_zeroed(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        LIVE_BYTES.fetch_sub(l.size(), Ordering::Relaxed);
-        std::alloc::System.dealloc(p, l)
+        note(0, l.size());
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_sub(l.size(), Ordering::Relaxed);
-        self.note(new);
-        std::alloc::System.realloc(p, l, new)
+        note(new, l.size());
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(p, l, new) }
     }
 }
 
-impl CountingAlloc {
-    fn note(&self, size: usize) {
-        COUNTING.store(1, Ordering::Relaxed);
-        LARGEST_ALLOC.fetch_max(size, Ordering::Relaxed);
-        let live = LIVE_BYTES.fetch_add(size, Ordering::Relaxed) + size;
-        PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
-    }
+fn note(add: usize, sub: usize) {
+    COUNTING.store(1, Ordering::Relaxed);
+    let _ = ACTIVE.try_with(|a| {
+        if a.get() {
+            LARGEST.with(|m| m.set(m.get().max(add)));
+            let live = LIVE.with(|l| {
+                let v = l.get().saturating_sub(sub) + add;
+                l.set(v);
+                v
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+        }
+    });
 }
 
 /// Runs `f` and returns its result with (largest single allocation, peak live bytes above
-/// the level at the start) during it.
+/// the level at the start) during it, counting this thread's allocations only.
 fn measured<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
-    let base = LIVE_BYTES.load(Ordering::Relaxed);
-    LARGEST_ALLOC.store(0, Ordering::Relaxed);
-    PEAK_BYTES.store(base, Ordering::Relaxed);
+    LARGEST.with(|m| m.set(0));
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    ACTIVE.with(|a| a.set(true));
     let r = f();
-    let largest = LARGEST_ALLOC.load(Ordering::Relaxed);
-    let peak = PEAK_BYTES.load(Ordering::Relaxed).saturating_sub(base);
-    (r, largest, peak)
+    ACTIVE.with(|a| a.set(false));
+    (r, LARGEST.with(Cell::get), PEAK.with(Cell::get))
 }
 
 /// Small allocations any decode may make besides the payload (error strings, rkyv's
