@@ -24,7 +24,7 @@ use bdr_bench::{
     timed, Bar, Class, MB,
 };
 use bdr_sync::chunk::{self, DEFAULT_ZSTD_LEVEL};
-use bdr_sync::frame::{decode_frame, encode_frame, Codec};
+use bdr_sync::frame::{decode_frame, encode_frame_buf, Codec};
 use bdr_sync::replica::{serve, CutHeader, ServeOptions, ServeStatus};
 use bdr_sync::{
     CutKind, Frame, Geometry, PrimaryConn, ReplicaSession, ReplicaStore, RoaringBitmap, ShipOptions,
@@ -37,6 +37,8 @@ struct Args {
     dir: PathBuf,
     out: PathBuf,
     region: usize,
+    /// Only the end-to-end ship (for profiling the real pipeline).
+    e2e_only: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args> {
         dir: PathBuf::from("/dev/shm"),
         out: bdr_bench::repo_root().join("bench/results"),
         region: 64 << 10,
+        e2e_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -58,6 +61,7 @@ fn parse_args() -> Result<Args> {
             "--dir" => a.dir = v()?.into(),
             "--out" => a.out = v()?.into(),
             "--region" => a.region = v()?.parse()?,
+            "--e2e-only" => a.e2e_only = true,
             "-h" | "--help" => {
                 println!("pipeline [--mb N] [--e2e-mb N] [--rounds N] [--dir DIR] [--out DIR] [--region BYTES]");
                 std::process::exit(0);
@@ -130,7 +134,7 @@ fn prepare(ds: &DataSet) -> Result<Prepared> {
     let mut compressed_bytes = 0;
     for (off, c) in ds.chunks() {
         let f = chunk::encode_chunk(off, c, DEFAULT_ZSTD_LEVEL);
-        frames.push(encode_frame(&f)?);
+        frames.push(encode_frame_buf(&f)?.as_bytes().to_vec());
         if let Frame::Chunk {
             hash, codec, data, ..
         } = f
@@ -262,7 +266,7 @@ fn run_stage(stage: &str, ds: &DataSet, prep: &Prepared, rep: &mut Replica) -> R
             let mut err = Ok(());
             let r = timed(|| {
                 for f in &frames {
-                    match encode_frame(f) {
+                    match encode_frame_buf(f) {
                         Ok(b) => {
                             black_box(b);
                         }
@@ -288,7 +292,7 @@ fn run_stage(stage: &str, ds: &DataSet, prep: &Prepared, rep: &mut Replica) -> R
                         return;
                     }
                     let f = chunk::encode_chunk(off, b, DEFAULT_ZSTD_LEVEL);
-                    match encode_frame(&f) {
+                    match encode_frame_buf(&f) {
                         Ok(b) => {
                             black_box(b);
                         }
@@ -565,6 +569,24 @@ fn main() -> Result<()> {
         a.rounds,
         work.path().display()
     );
+    let e2e_regions = (a.e2e_mb << 20) / region as u64;
+    let e2e_data = make_data(e2e_regions, region, 11, mix_class);
+    let mut lab = E2eLab::new(work.path(), &e2e_data, region)?;
+    drop(e2e_data);
+    if a.e2e_only {
+        for _ in 0..a.rounds {
+            let e = lab.ship()?;
+            println!(
+                "e2e: {:.0} MB/s wall, {:.0} MB/s per CPU-s (primary {:.0}, replica {:.0})",
+                e.bytes as f64 / MB / e.wall.as_secs_f64(),
+                e.bytes as f64 / MB / e.cpu.as_secs_f64(),
+                e.bytes as f64 / MB / e.primary_cpu.as_secs_f64(),
+                e.bytes as f64 / MB / e.replica_cpu.as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
+
     let mk = |name: &'static str, seed: u64, class: &dyn Fn(u64) -> Class| -> Result<DataSet> {
         let data = make_data(regions, region, seed, class);
         let p = work.path().join(format!("{name}.img"));
@@ -583,11 +605,6 @@ fn main() -> Result<()> {
     ];
     let preps: Vec<Prepared> = sets.iter().map(prepare).collect::<Result<_>>()?;
     let mut rep = Replica::new(work.path(), regions * region as u64, region)?;
-
-    let e2e_regions = (a.e2e_mb << 20) / region as u64;
-    let e2e_data = make_data(e2e_regions, region, 11, mix_class);
-    let mut lab = E2eLab::new(work.path(), &e2e_data, region)?;
-    drop(e2e_data);
 
     // samples[stage][set] = per-round samples
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
