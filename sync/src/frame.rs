@@ -234,24 +234,72 @@ fn checksum(payload: &[u8]) -> [u8; 8] {
     c
 }
 
-/// Serializes `frame` with its header into one buffer, ready to be written.
-pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let payload = rkyv::to_bytes::<rancor::Error>(frame)
+/// Bytes before the payload in an [`EncodedFrame`]'s buffer: the header occupies the last
+/// [`HEADER_LEN`] of them and the payload starts at a multiple of 16, so rkyv lays it out
+/// exactly as in a buffer of its own (its padding follows the absolute position).
+const ENCODE_PREFIX: usize = 32;
+
+/// A frame encoded for the wire: header and payload in one buffer, serialized in place.
+pub struct EncodedFrame {
+    buf: AlignedVec<16>,
+}
+
+impl EncodedFrame {
+    /// The wire bytes: header then payload.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[ENCODE_PREFIX - HEADER_LEN..]
+    }
+
+    /// Wire size.
+    pub fn len(&self) -> usize {
+        self.buf.len() - (ENCODE_PREFIX - HEADER_LEN)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Payload bytes to reserve for `frame` (rkyv's metadata is well under 128 bytes), so the
+/// serializer never grows (and copies) its buffer.
+fn payload_size_hint(frame: &Frame) -> usize {
+    128 + match frame {
+        Frame::Chunk { data, .. } => data.len(),
+        Frame::CutBegin { regions, .. } | Frame::CutRegions { regions } => regions.len(),
+        Frame::Hashes { hashes, .. } => 32 * hashes.len(),
+        Frame::Error { message, .. } => message.len(),
+        _ => 0,
+    }
+}
+
+/// Serializes `frame` with its header into one buffer, ready to be written: the payload is
+/// serialized once, in place after the header (no copy, no regrowth).
+pub fn encode_frame_buf(frame: &Frame) -> Result<EncodedFrame, FrameError> {
+    let mut buf = AlignedVec::<16>::with_capacity(ENCODE_PREFIX + payload_size_hint(frame));
+    buf.extend_from_slice(&[0u8; ENCODE_PREFIX]);
+    let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(frame, buf)
         .map_err(|e| FrameError::Invalid(format!("cannot serialize {}: {e}", frame.name())))?;
-    if payload.len() > MAX_FRAME_PAYLOAD as usize {
+    let len = buf.len() - ENCODE_PREFIX;
+    if len > MAX_FRAME_PAYLOAD as usize {
         return Err(FrameError::Oversized {
-            len: payload.len() as u64,
+            len: len as u64,
             max: MAX_FRAME_PAYLOAD,
         });
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.extend_from_slice(&PROTO_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&checksum(&payload));
-    out.extend_from_slice(&payload);
-    Ok(out)
+    let sum = checksum(&buf[ENCODE_PREFIX..]);
+    let h = &mut buf[ENCODE_PREFIX - HEADER_LEN..ENCODE_PREFIX];
+    h[0..4].copy_from_slice(&FRAME_MAGIC);
+    h[4..6].copy_from_slice(&PROTO_VERSION.to_le_bytes());
+    h[6..8].copy_from_slice(&0u16.to_le_bytes());
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    h[12..20].copy_from_slice(&sum);
+    Ok(EncodedFrame { buf })
+}
+
+/// Serializes `frame` with its header into one `Vec`, ready to be written (a copy of
+/// [`encode_frame_buf`]'s bytes).
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    Ok(encode_frame_buf(frame)?.as_bytes().to_vec())
 }
 
 /// Checks a header; returns the payload length and checksum.
@@ -429,12 +477,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Encodes and writes one frame; returns its wire size.
     pub async fn write_frame(&mut self, frame: &Frame) -> Result<usize, FrameError> {
-        let bytes = encode_frame(frame)?;
-        self.write_encoded(&bytes).await?;
+        let bytes = encode_frame_buf(frame)?;
+        self.write_encoded(bytes.as_bytes()).await?;
         Ok(bytes.len())
     }
 
-    /// Writes a frame produced by [`encode_frame`].
+    /// Writes a frame produced by [`encode_frame_buf`] or [`encode_frame`].
     pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
         self.inner.write_all(bytes).await?;
         self.bytes_written += bytes.len() as u64;

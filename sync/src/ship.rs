@@ -17,8 +17,8 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::chunk::{self, ChunkSpec, DEFAULT_ZSTD_LEVEL};
 use crate::frame::{
-    encode_frame, CutKind, ErrorCode, Frame, FrameError, FrameReader, FrameWriter, MAX_HASH_BATCH,
-    PROTO_VERSION,
+    encode_frame_buf, CutKind, EncodedFrame, ErrorCode, Frame, FrameError, FrameReader,
+    FrameWriter, MAX_HASH_BATCH, PROTO_VERSION,
 };
 
 /// A frozen, consistent image of the primary device (in production a dm-snapshot).
@@ -192,7 +192,7 @@ fn build_chunk(
     image: &dyn CutImage,
     spec: ChunkSpec,
     level: i32,
-) -> Result<(Vec<u8>, bool), ShipError> {
+) -> Result<(EncodedFrame, bool), ShipError> {
     let mut buf = aligned_buf(spec.len as usize);
     image
         .read_at(buf.as_mut_slice(), spec.offset)
@@ -208,7 +208,7 @@ fn build_chunk(
             ..
         }
     );
-    Ok((encode_frame(&frame)?, compressed))
+    Ok((encode_frame_buf(&frame)?, compressed))
 }
 
 /// Hashes regions `range` of the image (on a blocking thread).
@@ -433,7 +433,7 @@ where
                     };
                     let (bytes, compressed) =
                         h.await.map_err(|e| ShipError::Worker(e.to_string()))??;
-                    writer.write_encoded(&bytes).await?;
+                    writer.write_encoded(bytes.as_bytes()).await?;
                     st.chunks += 1;
                     st.compressed_chunks += u64::from(compressed);
                     st.bytes_read += u64::from(spec.len);

@@ -360,3 +360,68 @@ async fn read_timeout_helper() {
     assert!(matches!(e, FrameError::Timeout(d) if d == Duration::from_millis(50)));
     assert_eq!(e.code(), ErrorCode::Protocol);
 }
+
+/// The in-place encoder writes exactly the bytes of a payload serialized on its own: the
+/// wire format does not depend on the encoder.
+#[test]
+fn in_place_encoding_is_byte_identical() {
+    use bdr_sync::frame::{encode_frame_buf, HEADER_LEN};
+    let frames = [
+        Frame::Hello {
+            proto: 1,
+            volume: [3; 16],
+            dev_bytes: 1 << 30,
+            region_bytes: 65536,
+        },
+        Frame::Welcome {
+            proto: 1,
+            volume: Some([4; 16]),
+            last_cut: None,
+            dev_bytes: 7,
+        },
+        Frame::CutBegin {
+            cut: 9,
+            parent: Some(8),
+            kind: CutKind::Rescan,
+            regions: vec![1, 2, 3, 4, 5],
+        },
+        Frame::CutRegions { regions: vec![] },
+        Frame::Chunk {
+            offset: 65536,
+            len: 65536,
+            hash: [7; 32],
+            codec: Codec::Raw,
+            data: (0..65536u32).map(|i| (i * 7) as u8).collect(),
+        },
+        Frame::Chunk {
+            offset: 0,
+            len: 4096,
+            hash: [1; 32],
+            codec: Codec::Zstd,
+            data: vec![9; 13],
+        },
+        Frame::CutEnd {
+            cut: 9,
+            chunks: 2,
+            bytes: 3,
+        },
+        Frame::Committed { cut: 9 },
+        Frame::HashRequest {
+            first_region: 5,
+            count: 6,
+        },
+        Frame::Hashes {
+            first_region: 5,
+            hashes: vec![[2; 32]; 3],
+        },
+        Frame::error(ErrorCode::Io, "disk on fire"),
+    ];
+    for f in &frames {
+        let alone = rkyv::to_bytes::<rkyv::rancor::Error>(f).unwrap();
+        let enc = encode_frame_buf(f).unwrap();
+        assert_eq!(&enc.as_bytes()[HEADER_LEN..], &alone[..], "{f:?}");
+        assert_eq!(enc.len(), HEADER_LEN + alone.len());
+        assert_eq!(encode_frame(f).unwrap(), enc.as_bytes());
+        assert_eq!(&decode_frame(enc.as_bytes()).unwrap().0, f);
+    }
+}
