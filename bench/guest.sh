@@ -34,15 +34,15 @@ export T_SUITE=bench T_SCRATCH=/run/bdr-bench
 mkdir -p "$T_SCRATCH" && mount -t tmpfs tmpfs "$T_SCRATCH" && cd "$T_SCRATCH" || exit 1
 modprobe configfs 2>/dev/null
 mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
-modprobe dm-mod && modprobe dm-snapshot && modprobe null_blk nr_devices=0 || exit 1
+modprobe dm-mod && modprobe dm-snapshot && modprobe loop && modprobe null_blk nr_devices=0 || exit 1
 # shellcheck source=tests/vm/lib.sh
 . "$root/tests/vm/lib.sh"
 
-rounds=${BENCH_ROUNDS:-3} runtime=${BENCH_RUNTIME:-4} ramp=${BENCH_RAMP:-1}
+rounds=${BENCH_ROUNDS:-3} runtime=${BENCH_RUNTIME:-3} ramp=${BENCH_RAMP:-1}
 size=${BENCH_SIZE_MB:-4096} span=${BENCH_SPAN_MB:-256} region=${BENCH_REGION:-128}
 backends=${BENCH_BACKENDS:-nullb brd} jobs=${BENCH_JOBS:-rand4k-qd1 rand4k-qd32 seq128k-qd4}
 devs=${BENCH_DEVS:-raw linear bdr bdrcut drbdA drbdC}
-repl_secs=${BENCH_REPL_SECS:-60} repl_mb=${BENCH_REPL_MB:-256} repl_rate=${BENCH_REPL_RATE:-50m}
+repl_secs=${BENCH_REPL_SECS:-45} repl_mb=${BENCH_REPL_MB:-256} repl_rate=${BENCH_REPL_RATE:-50m}
 repl_bs=${BENCH_REPL_BS:-64k} repl_interval=${BENCH_REPL_INTERVAL:-200ms}
 B=${BDR_BIN:-}
 D84=/usr/lib/drbd/drbdsetup-84
@@ -213,6 +213,7 @@ _brd_rm
 rm -f "$COW"/*
 
 # --- phase 2: cuts under a steady random-write load ------------------------------------------
+kill_gone() { kill "$1" 2>/dev/null; return 0; } # cleanup of a daemon that may have exited
 t_case "cuts under fio --rate=$repl_rate of $repl_bs random writes"
 if [ "$repl_secs" -gt 0 ]; then
 	PDIR=$T_SCRATCH/pstate RDIR=$T_SCRATCH/rstate PEER=10.77.0.2:7800
@@ -228,7 +229,7 @@ if [ "$repl_secs" -gt 0 ]; then
 	ip netns exec benchr "$B" replica serve --device "$rdev" --listen "$PEER" --state-dir "$RDIR" \
 		>"$RESULTS/repl-serve.log" 2>&1 &
 	spid=$!
-	t_defer kill "$spid"
+	t_defer kill_gone "$spid"
 	"$B" attach c "$plower" --kmod "$BDR_KO" --state-dir "$PDIR" ||
 		{ t_fail "bdr attach"; exit 1; }
 	t_defer rm_dm c
@@ -236,7 +237,7 @@ if [ "$repl_secs" -gt 0 ]; then
 	ip netns exec benchp "$B" primary run c --peer "$PEER" --interval "$repl_interval" --cow "$COW" \
 		--cow-size "$((repl_mb + 64))M" --state-dir "$PDIR" >"$RESULTS/repl-primary.log" 2>&1 &
 	dpid=$!
-	t_defer kill "$dpid"
+	t_defer kill_gone "$dpid"
 	# The first cut seeds the new replica (a rescan of the whole device); an idle device gets
 	# no further cuts (nothing dirty). Measure from the seed's commit on.
 	cuts() { sed -n 's/.*"cuts_committed": *\([0-9]*\).*/\1/p' "$PDIR/status.json" 2>/dev/null | head -n1; }

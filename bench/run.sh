@@ -10,18 +10,18 @@
 #      dm-snapshot) and DRBD 8.4 protocol A and C (peer: a second DRBD resource on the same
 #      kernel over 127.0.0.1, see bench/guest.sh for why), alternated in rounds;
 #   2. cuts under a steady random-write load: `bdr primary run` shipping to a `bdr replica
-#      serve` in another network namespace while fio writes at 50 MB/s; suspend window per
+#      serve` in another network namespace while fio writes at 50 MiB/s; suspend window per
 #      cut, cuts per minute, RPO (age of the replica's state) sampled every second.
 # Then writes bench/results/<kver>.json, <kver>.md (printed) and <kver>.png (bench/chart, a
 # small plotters program). Raw fio output stays in target/bench/<kver>/. Software emulation:
 # absolute numbers mean little; ratios within one boot do; noise is about ±5% on a quiet host.
 # About 13-15 min per kernel with the defaults on an idle 2-core host.
 #
-# Knobs (environment, defaults in brackets): BENCH_ROUNDS [3] and BENCH_RUNTIME [4 s per fio
+# Knobs (environment, defaults in brackets): BENCH_ROUNDS [3] and BENCH_RUNTIME [3 s per fio
 # run, plus BENCH_RAMP 1 s] (or --rounds/--runtime), BENCH_SIZE_MB [4096, null_blk size],
 # BENCH_SPAN_MB [256: fio writes the first SPAN of each device; also the brd size],
 # BENCH_BACKENDS ["nullb brd"], BENCH_JOBS ["rand4k-qd1 rand4k-qd32 seq128k-qd4"],
-# BENCH_DEVS ["raw linear bdr bdrcut drbdA drbdC"], BENCH_REPL_SECS [60, 0 skips phase 2],
+# BENCH_DEVS ["raw linear bdr bdrcut drbdA drbdC"], BENCH_REPL_SECS [45, 0 skips phase 2],
 # BENCH_REPL_RATE [50m], BENCH_REPL_BS [64k], BENCH_REPL_INTERVAL [200ms], BENCH_REPL_MB
 # [256]; BDR_BIN (use this `bdr` instead of building one), VM_MEMORY [3G here].
 # --quick: 1 round of 3 s, 20 s of phase 2 (a smoke run of the bench, numbers not kept).
@@ -32,8 +32,8 @@ export VM_MEMORY=${VM_MEMORY:-3G} # brd: 5 disks of BENCH_SPAN_MB, COW store, re
 # shellcheck source=tests/vm/host.sh
 . "$root/tests/vm/host.sh" || exit 1
 
-ksel=all rounds=${BENCH_ROUNDS:-3} runtime=${BENCH_RUNTIME:-4} ramp=${BENCH_RAMP:-1} quick=0
-repl_secs=${BENCH_REPL_SECS:-60}
+ksel=all rounds=${BENCH_ROUNDS:-3} runtime=${BENCH_RUNTIME:-3} ramp=${BENCH_RAMP:-1} quick=0
+repl_secs=${BENCH_REPL_SECS:-45}
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) ksel=${2:?}; shift 2 ;;

@@ -117,6 +117,20 @@ for be in backends:
             over.append({"backend": be, "job": job, "bdr_idle": ob, "bdr_cut": oc, "drbd_a": oa,
                          "bdr_over_drbd_a": ob / oa if oa > 0 else None})
 result["overhead"] = over
+overall = None
+if over:
+    mb = statistics.mean(o["bdr_idle"] for o in over)
+    ma = statistics.mean(o["drbd_a"] for o in over)
+    cutrows = [o["bdr_cut"] for o in over if o["bdr_cut"] is not None]
+    mc = statistics.mean(cutrows) if cutrows else None
+    worst_p99 = max(result["backends"][o["backend"]][o["job"]]["vs_linear"]["bdr"]["p99_diff_us_paired"]
+                    for o in over)
+    overall = {"bdr_idle_mean": mb, "bdr_cut_mean": mc, "drbd_a_mean": ma,
+               "bdr_idle_over_drbd_a": mb / ma if ma > 0 else None,
+               "bdr_cut_over_drbd_a": mc / ma if (ma > 0 and mc is not None) else None,
+               "bdr_idle_worst": max(o["bdr_idle"] for o in over),
+               "bdr_idle_p99_diff_worst_us": worst_p99}
+result["overhead_overall"] = overall
 
 # --- phase 2 ----------------------------------------------------------------------------------
 repl = None
@@ -136,6 +150,7 @@ if os.path.exists(sp):
         rpo = [(t - s["in_sync_unix_ms"]) / 1000 for t, s in samples if s.get("in_sync_unix_ms")]
         lag = [(t - s["last_cut_committed_unix_ms"]) / 1000 for t, s in samples
                if s.get("last_cut_committed_unix_ms")]
+        live = [s for _, s in samples if s.get("current_cut") is not None]
         recent = s1.get("suspend_ms_recent", [])
         susp = recent[-dc:] if 0 < dc <= len(recent) else recent
         ss = sorted(susp)
@@ -151,6 +166,7 @@ if os.path.exists(sp):
             "since_commit_s_p50": med(lag) if lag else None,
             "since_commit_s_max": max(lag) if lag else None,
             "samples": len(samples),
+            "cut_live_fraction": len(live) / len(samples),
         }
     fp = os.path.join(raw_dir, "repl-fio.json")
     if repl is not None and os.path.exists(fp):
@@ -198,6 +214,16 @@ if over:
             o["backend"], JOBLABEL.get(o["job"], o["job"]), 100 * o["bdr_idle"],
             "%.1f%%" % (100 * o["bdr_cut"]) if o["bdr_cut"] is not None else "–", 100 * o["drbd_a"],
             "%.3f" % o["bdr_over_drbd_a"] if o["bdr_over_drbd_a"] is not None else "–"))
+if overall:
+    o = overall
+    lines += ["", "Mean over these rows: bdr idle loses %.1f%% (worst row %.1f%%; p99 vs dm-linear worst "
+              "row %+.1f µs), bdr during a cut %s, DRBD protocol A %.1f%%: bdr idle's overhead is %s of "
+              "DRBD A's, during a cut %s." % (
+                  100 * o["bdr_idle_mean"], 100 * o["bdr_idle_worst"], o["bdr_idle_p99_diff_worst_us"],
+                  "%.1f%%" % (100 * o["bdr_cut_mean"]) if o["bdr_cut_mean"] is not None else "–",
+                  100 * o["drbd_a_mean"],
+                  "%.3f" % o["bdr_idle_over_drbd_a"] if o["bdr_idle_over_drbd_a"] is not None else "–",
+                  "%.2f" % o["bdr_cut_over_drbd_a"] if o["bdr_cut_over_drbd_a"] is not None else "–")]
 cs = [s for be in backends for j in jobs for s in result["backends"][be][j].get("cuts", {}).get("suspend_ms", [])]
 if cs:
     lines += ["", "Cuts taken for the \"during a cut\" rows: %d, suspend window median %.1f ms, max %.1f ms." % (
@@ -206,7 +232,7 @@ if repl:
     rp = (setup.get("repl", "") + " ?" * 10).split()
     lines += [
         "", "Cuts under load: `bdr primary run --interval %s` shipping to `bdr replica serve` in another "
-        "network namespace (veth) while fio writes %s random blocks at %sB/s to the %s MiB device "
+        "network namespace (veth) while fio writes %s random blocks at `--rate=%s` to the %s MiB device "
         "(memory-backed null_blk) for %.0f s." % (rp[9], rp[7], rp[5], rp[3], repl["seconds"]), "",
         "| cuts committed | cuts/min | aborted | suspend p50 ms | suspend p99 ms | suspend max ms | RPO p50 s | RPO max s | fio MB/s achieved |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -215,7 +241,8 @@ if repl:
             ["%.1f" % repl[k] if repl.get(k) is not None else "–" for k in
              ("suspend_ms_p50", "suspend_ms_p99", "suspend_ms_max", "rpo_s_p50", "rpo_s_max", "fio_mbps")]),
         "", "RPO = age of the newest state the replica is known to hold (`rpo_age_seconds` of `bdr "
-        "status`), sampled every second.",
+        "status`), sampled every second. A cut (live snapshot, so COW on first writes) was in "
+        "flight in %.0f%% of the samples." % (100 * repl["cut_live_fraction"]),
     ]
 if "host_load" in setup:
     lines += ["", "Host load average: %s." % setup["host_load"]]
