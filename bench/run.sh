@@ -1,31 +1,59 @@
 #!/usr/bin/env bash
-# Benchmark of the bdr target against dm-linear and the raw device, in the VM lab.
+# Benchmark of the bdr target against the raw device, dm-linear and DRBD, in the VM lab.
 #
-#   bench/run.sh [--kernel 6.1|6.12|all] [--rounds N] [--runtime SECONDS]
+#   bench/run.sh [--kernel 6.1|6.12|all] [--rounds N] [--runtime SECONDS] [--quick]
 #
-# For each kernel: builds dm-bdr (shared code with tests/vm: tests/vm/host.sh), boots it under
-# QEMU, runs bench/guest.sh (fio 4k randwrite QD1 and QD32 on null_blk, dm-linear over it and
-# bdr over it, alternated in rounds), then writes bench/results/<kver>.json and .md (medians,
-# bdr/dm-linear IOPS ratio and p99 difference) and prints the table. Raw fio output stays in
-# target/bench/<kver>/. Software emulation: absolute numbers mean little, ratios within one
-# boot do; noise is about ±5%. Takes ~4-5 min per kernel with the defaults (3 rounds, 10 s).
+# For each kernel: builds dm-bdr and the release `bdr` (shared code with tests/vm:
+# tests/vm/host.sh), boots the kernel under QEMU and runs bench/guest.sh:
+#   1. primary overhead: fio 4k randwrite QD1 and QD32 and 128k sequential write QD4 on
+#      null_blk and on brd, each on raw, dm-linear, bdr idle, bdr during a cut (live
+#      dm-snapshot) and DRBD 8.4 protocol A and C (peer: a second DRBD resource on the same
+#      kernel over 127.0.0.1, see bench/guest.sh for why), alternated in rounds;
+#   2. cuts under a steady random-write load: `bdr primary run` shipping to a `bdr replica
+#      serve` in another network namespace while fio writes at 50 MiB/s; suspend window per
+#      cut, cuts per minute, RPO (age of the replica's state) sampled every second.
+# Then writes bench/results/<kver>.json, <kver>.md (printed) and <kver>.png (bench/chart, a
+# small plotters program). Raw fio output stays in target/bench/<kver>/. Software emulation:
+# absolute numbers mean little; ratios within one boot do; noise is about ±5% on a quiet host.
+# About 13-15 min per kernel with the defaults on an idle 2-core host.
+#
+# Knobs (environment, defaults in brackets): BENCH_ROUNDS [3] and BENCH_RUNTIME [3 s per fio
+# run, plus BENCH_RAMP 1 s] (or --rounds/--runtime), BENCH_SIZE_MB [4096, null_blk size],
+# BENCH_SPAN_MB [256: fio writes the first SPAN of each device; also the brd size],
+# BENCH_BACKENDS ["nullb brd"], BENCH_JOBS ["rand4k-qd1 rand4k-qd32 seq128k-qd4"],
+# BENCH_DEVS ["raw linear bdr bdrcut drbdA drbdC"], BENCH_REPL_SECS [45, 0 skips phase 2],
+# BENCH_REPL_RATE [50m], BENCH_REPL_BS [64k], BENCH_REPL_INTERVAL [200ms], BENCH_REPL_MB
+# [256]; BDR_BIN (use this `bdr` instead of building one), VM_MEMORY [3G here].
+# --quick: 1 round of 3 s, 20 s of phase 2 (a smoke run of the bench, numbers not kept).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export VM_MEMORY=${VM_MEMORY:-3G} # brd: 5 disks of BENCH_SPAN_MB, COW store, replica device
 # shellcheck source=tests/vm/host.sh
 . "$root/tests/vm/host.sh" || exit 1
 
-ksel=all rounds=3 runtime=10 ramp=2 size_mb=4096
+ksel=all rounds=${BENCH_ROUNDS:-3} runtime=${BENCH_RUNTIME:-3} ramp=${BENCH_RAMP:-1} quick=0
+repl_secs=${BENCH_REPL_SECS:-45}
 while [ $# -gt 0 ]; do
 	case $1 in
 	--kernel) ksel=${2:?}; shift 2 ;;
 	--rounds) rounds=${2:?}; shift 2 ;;
 	--runtime) runtime=${2:?}; shift 2 ;;
+	--quick) quick=1 rounds=1 runtime=3 repl_secs=20; shift ;;
 	-h | --help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
 	*) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
 [ "$rounds" -ge 3 ] || echo "bench: fewer than 3 rounds: medians are weak" >&2
+nback=$(wc -w <<<"${BENCH_BACKENDS:-nullb brd}") njobs=$(wc -w <<<"${BENCH_JOBS:-x x x}")
+ndevs=$(wc -w <<<"${BENCH_DEVS:-x x x x x x}")
+
+if [ -n "${BDR_BIN:-}" ]; then
+	[ -x "$BDR_BIN" ] || { echo "bench: BDR_BIN=$BDR_BIN is not executable" >&2; exit 1; }
+else
+	vm_build_rust || exit 1
+	BDR_BIN=$VM_BDR_BIN
+fi
 
 klist=$(vm_kernels "$ksel") || exit 1
 mapfile -t kernels <<<"$klist"
@@ -35,12 +63,18 @@ for kver in "${kernels[@]}"; do
 	VM_TAG=bench/$kver
 	raw=$root/target/bench/$kver
 	rm -rf "$raw" && mkdir -p "$raw" || exit 1
-	vm_build_kmod "$kver" || { fail=1; continue; }
-	vm_write_env "$raw/guest.env" RESULTS="$raw" BDR_KO="$VM_KO" BENCH_ROUNDS="$rounds" \
-		BENCH_RUNTIME="$runtime" BENCH_RAMP="$ramp" BENCH_SIZE_MB="$size_mb" BENCH_QDS="1 32" BENCH_REGION=128
-	# 3 devices x 2 queue depths per round, plus fio start-up and the boot.
-	tmo=$((rounds * 6 * (runtime + ramp + 5) + 180))
-	vm_log "booting; ${rounds} rounds x 6 runs of $((runtime + ramp)) s (limit ${tmo}s)"
+	vm_build_kmod "$kver" "$raw" || { fail=1; continue; }
+	env=(RESULTS="$raw" BDR_KO="$VM_KO" BDR_BIN="$BDR_BIN" BENCH_ROUNDS="$rounds" BENCH_RUNTIME="$runtime"
+		BENCH_RAMP="$ramp" BENCH_REPL_SECS="$repl_secs")
+	for v in BENCH_SIZE_MB BENCH_SPAN_MB BENCH_REGION BENCH_BACKENDS BENCH_JOBS BENCH_DEVS \
+		BENCH_REPL_RATE BENCH_REPL_BS BENCH_REPL_INTERVAL BENCH_REPL_MB; do
+		[ -z "${!v:-}" ] || env+=("$v=${!v}")
+	done
+	vm_write_env "$raw/guest.env" "${env[@]}"
+	# fio runs (plus start-up and the cuts' extra seconds), phase 2, device set-up and the boot.
+	nruns=$((rounds * nback * njobs * ndevs))
+	tmo=$((nruns * (runtime + ramp + 6) + repl_secs + 300 + 240))
+	vm_log "booting; ${rounds} rounds, $nruns fio runs of $((runtime + ramp)) s, ${repl_secs}s of cuts under load (limit ${tmo}s)"
 	# QEMU in software emulation needs the host's cores: other work on the host shows up as
 	# noise. Record the load so that a busy run can be recognised.
 	load0=$(cut -d' ' -f1 /proc/loadavg)
@@ -61,8 +95,11 @@ for kver in "${kernels[@]}"; do
 		continue
 	fi
 	echo
-	python3 "$root/bench/summarize.py" "$raw" "$kver" "$root/bench/results/$kver.json" \
-		"$root/bench/results/$kver.md" || fail=1
+	out=$root/bench/results/$kver
+	[ "$quick" = 0 ] || { out=$raw/summary; vm_log "--quick: results stay in $raw"; }
+	python3 "$root/bench/summarize.py" "$raw" "$kver" "$out.json" "$out.md" || fail=1
+	(cd "$root/bench/chart" && cargo run --release -q -- "$out.json" "$out.png") ||
+		{ vm_log "chart failed"; fail=1; }
 	echo
 done
 exit $fail

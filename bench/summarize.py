@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Summarize one kernel's bench run: medians over rounds of fio's IOPS and completion latency
-(p50, p99) per device and queue depth, and bdr's overhead relative to dm-linear.
+"""Summarize one kernel's bench run (bench/guest.sh): medians over rounds of fio's IOPS, MB/s
+and completion latency (p50, p99, p99.9) per backend, job and device; ratios against dm-linear
+measured in the same rounds; DRBD's overhead next to bdr's; and the cuts-under-load phase.
 
     summarize.py RAW_DIR KVER OUT_JSON OUT_MD
 
-RAW_DIR holds r<round>-<dev>-qd<qd>.json (fio --output-format=json) and setup.txt."""
+RAW_DIR holds r<round>-<backend>-<dev>-<job>.json (fio --output-format=json), the cuts'
+r<...>.cut.json, repl-fio.json, repl-status.jsonl and setup.txt."""
 import json
 import os
 import re
@@ -12,19 +14,39 @@ import statistics
 import sys
 
 raw_dir, kver, out_json, out_md = sys.argv[1:5]
-DEVS = ["raw", "linear", "bdr"]
-runs = {}  # (dev, qd) -> list of (iops, p50_us, p99_us)
-by_round = {}  # (dev, qd, round) -> (iops, p50_us, p99_us)
+DEVS = ["raw", "linear", "bdr", "bdrcut", "drbdA", "drbdC"]
+LABEL = {"raw": "raw", "linear": "dm-linear", "bdr": "bdr idle", "bdrcut": "bdr during a cut",
+         "drbdA": "DRBD prot. A", "drbdC": "DRBD prot. C"}
+JOBLABEL = {"rand4k-qd1": "4k randwrite QD1", "rand4k-qd32": "4k randwrite QD32",
+            "seq128k-qd4": "128k seq write QD4"}
+med = statistics.median
+
+
+def pct(w, p):
+    v = w["clat_ns"].get("percentile", {})
+    for k in v:
+        if abs(float(k) - p) < 1e-6:
+            return v[k] / 1000
+    return float("nan")
+
+
+runs = {}  # (backend, job, dev) -> {round: sample}
+cuts = {}  # (backend, job) -> [cut json]
 for f in sorted(os.listdir(raw_dir)):
-    m = re.fullmatch(r"r(\d+)-(\w+)-qd(\d+)\.json", f)
+    m = re.fullmatch(r"r(\d+)-(\w+)-(\w+)-([\w-]+?)(\.cut)?\.json", f)
     if not m:
         continue
+    rnd, be, dev, job, is_cut = int(m.group(1)), m.group(2), m.group(3), m.group(4), m.group(5)
     try:
+        if is_cut:
+            txt = open(os.path.join(raw_dir, f)).read().strip()
+            if txt:
+                cuts.setdefault((be, job), []).append(json.loads(txt))
+            continue
         w = json.load(open(os.path.join(raw_dir, f)))["jobs"][0]["write"]
-        pct = w["clat_ns"]["percentile"]
-        x = (w["iops"], pct["50.000000"] / 1000, pct["99.000000"] / 1000)
-        runs.setdefault((m.group(2), int(m.group(3))), []).append(x)
-        by_round[(m.group(2), int(m.group(3)), int(m.group(1)))] = x
+        runs.setdefault((be, job, dev), {})[rnd] = {
+            "iops": w["iops"], "mbps": w["bw_bytes"] / 1e6,
+            "p50": pct(w, 50), "p99": pct(w, 99), "p999": pct(w, 99.9)}
     except (ValueError, KeyError, IndexError) as e:
         print("summarize: skipping %s: %r" % (f, e), file=sys.stderr)
 
@@ -32,85 +54,209 @@ setup = {}
 if os.path.exists(os.path.join(raw_dir, "setup.txt")):
     for line in open(os.path.join(raw_dir, "setup.txt")):
         k, _, v = line.strip().partition(" ")
-        setup[k] = v
+        setup.setdefault(k, v)
 
-qds = sorted({qd for (_, qd) in runs})
-result = {"kernel": kver, "setup": setup, "qd": {}}
-for qd in qds:
-    r = {}
-    for d in DEVS:
-        xs = runs.get((d, qd))
-        if not xs:
-            continue
-        r[d] = {
-            "rounds": len(xs),
-            "iops_median": statistics.median(x[0] for x in xs),
-            "clat_p50_us_median": statistics.median(x[1] for x in xs),
-            "clat_p99_us_median": statistics.median(x[2] for x in xs),
-            "iops_all": [round(x[0]) for x in xs],
-            "clat_p99_us_all": [round(x[2], 1) for x in xs],
-        }
-    if "bdr" in r and "linear" in r:
-        # Also the median of per-round ratios: each round's pair ran back to back, so this
-        # one is less sensitive to slow drift (e.g. load on the host) than the ratio of medians.
-        pairs = [(by_round[("bdr", qd, n)], by_round[("linear", qd, n)])
-                 for (d, q, n) in by_round if d == "bdr" and q == qd and ("linear", qd, n) in by_round]
-        r["bdr_vs_linear"] = {
-            "iops_ratio": r["bdr"]["iops_median"] / r["linear"]["iops_median"],
-            "p99_diff_us": r["bdr"]["clat_p99_us_median"] - r["linear"]["clat_p99_us_median"],
-            "iops_ratio_paired_median": statistics.median(b[0] / l[0] for b, l in pairs),
-            "p99_diff_us_paired_median": statistics.median(b[2] - l[2] for b, l in pairs),
-        }
-    if "linear" in r and "raw" in r:
-        r["linear_vs_raw"] = {
-            "iops_ratio": r["linear"]["iops_median"] / r["raw"]["iops_median"],
-            "p99_diff_us": r["linear"]["clat_p99_us_median"] - r["raw"]["clat_p99_us_median"],
-        }
-    result["qd"][str(qd)] = r
+backends = [b for b in ["nullb", "brd"] if any(k[0] == b for k in runs)]
+jobs = [j for j in JOBLABEL if any(k[1] == j for k in runs)]
+jobs += sorted({k[1] for k in runs} - set(jobs))
+result = {"kernel": kver, "setup": setup, "backends": {}}
 
-with open(out_json, "w") as f:
-    json.dump(result, f, indent=2)
-    f.write("\n")
 
+def ratio_vs(be, job, dev, ref):
+    """Median over rounds of dev/ref IOPS and of dev-ref p99 (each round's pair ran back to
+    back), and the same from the medians."""
+    a, b = runs.get((be, job, dev), {}), runs.get((be, job, ref), {})
+    rs = sorted(set(a) & set(b))
+    if not rs:
+        return None
+    return {
+        "iops_ratio": med(a[r]["iops"] for r in rs) / med(b[r]["iops"] for r in rs),
+        "iops_ratio_paired": med(a[r]["iops"] / b[r]["iops"] for r in rs),
+        "p99_diff_us": med(a[r]["p99"] for r in rs) - med(b[r]["p99"] for r in rs),
+        "p99_diff_us_paired": med(a[r]["p99"] - b[r]["p99"] for r in rs),
+        "p999_diff_us": med(a[r]["p999"] for r in rs) - med(b[r]["p999"] for r in rs),
+        "rounds": len(rs),
+    }
+
+
+for be in backends:
+    rb = result["backends"][be] = {}
+    for job in jobs:
+        rj = rb[job] = {"devices": {}, "vs_linear": {}}
+        for d in DEVS:
+            xs = runs.get((be, job, d))
+            if not xs:
+                continue
+            v = list(xs.values())
+            rj["devices"][d] = {
+                "rounds": len(v),
+                "iops": med(x["iops"] for x in v), "mbps": med(x["mbps"] for x in v),
+                "p50_us": med(x["p50"] for x in v), "p99_us": med(x["p99"] for x in v),
+                "p999_us": med(x["p999"] for x in v),
+                "iops_all": [round(xs[r]["iops"]) for r in sorted(xs)],
+            }
+            if d != "linear":
+                rv = ratio_vs(be, job, d, "linear")
+                if rv:
+                    rj["vs_linear"][d] = rv
+        if (be, job) in cuts:
+            cs = cuts[(be, job)]
+            rj["cuts"] = {"n": len(cs), "suspend_ms": [c.get("suspend_us", 0) / 1000 for c in cs],
+                          "cow": [c.get("cow") for c in cs]}
+
+# Overhead: the IOPS lost against dm-linear, in the same rounds (1 - paired ratio). bdr's
+# overhead over DRBD protocol A's, per backend and job; "overall" = the worst case of them.
+over = []
+for be in backends:
+    for job in jobs:
+        vs = result["backends"][be][job]["vs_linear"]
+        if "bdr" in vs and "drbdA" in vs:
+            ob = 1 - vs["bdr"]["iops_ratio_paired"]
+            oa = 1 - vs["drbdA"]["iops_ratio_paired"]
+            oc = 1 - vs["bdrcut"]["iops_ratio_paired"] if "bdrcut" in vs else None
+            over.append({"backend": be, "job": job, "bdr_idle": ob, "bdr_cut": oc, "drbd_a": oa,
+                         "bdr_over_drbd_a": ob / oa if oa > 0 else None})
+result["overhead"] = over
+overall = None
+if over:
+    mb = statistics.mean(o["bdr_idle"] for o in over)
+    ma = statistics.mean(o["drbd_a"] for o in over)
+    cutrows = [o["bdr_cut"] for o in over if o["bdr_cut"] is not None]
+    mc = statistics.mean(cutrows) if cutrows else None
+    worst_p99 = max(result["backends"][o["backend"]][o["job"]]["vs_linear"]["bdr"]["p99_diff_us_paired"]
+                    for o in over)
+    overall = {"bdr_idle_mean": mb, "bdr_cut_mean": mc, "drbd_a_mean": ma,
+               "bdr_idle_over_drbd_a": mb / ma if ma > 0 else None,
+               "bdr_cut_over_drbd_a": mc / ma if (ma > 0 and mc is not None) else None,
+               "bdr_idle_worst": max(o["bdr_idle"] for o in over),
+               "bdr_idle_p99_diff_worst_us": worst_p99}
+result["overhead_overall"] = overall
+
+# --- phase 2 ----------------------------------------------------------------------------------
+repl = None
+sp = os.path.join(raw_dir, "repl-status.jsonl")
+if os.path.exists(sp):
+    samples = []
+    for line in open(sp):
+        t, _, js = line.strip().partition(" ")
+        try:
+            samples.append((int(t), json.loads(js)))
+        except ValueError:
+            pass
+    if len(samples) >= 2:
+        (t0, s0), (t1, s1) = samples[0], samples[-1]
+        dc = s1["cuts_committed"] - s0["cuts_committed"]
+        secs = (t1 - t0) / 1000
+        rpo = [(t - s["in_sync_unix_ms"]) / 1000 for t, s in samples if s.get("in_sync_unix_ms")]
+        lag = [(t - s["last_cut_committed_unix_ms"]) / 1000 for t, s in samples
+               if s.get("last_cut_committed_unix_ms")]
+        live = [s for _, s in samples if s.get("current_cut") is not None]
+        recent = s1.get("suspend_ms_recent", [])
+        # Every cut taken since the seed (the first, a rescan of an idle device), including one
+        # still in flight at the end: its suspend window is recorded when it is taken.
+        susp = recent[1:] if len(recent) > 1 else recent
+        ss = sorted(susp)
+
+        def q(xs, p):
+            return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else None
+        repl = {
+            "seconds": secs, "cuts": dc, "cuts_per_min": 60 * dc / secs if secs else None,
+            "cuts_aborted": s1.get("cuts_aborted", 0) - s0.get("cuts_aborted", 0),
+            "suspend_ms_p50": q(ss, 50), "suspend_ms_p99": q(ss, 99), "suspend_ms_max": ss[-1] if ss else None,
+            "suspend_n": len(ss),
+            "rpo_s_p50": med(rpo) if rpo else None, "rpo_s_max": max(rpo) if rpo else None,
+            "since_commit_s_p50": med(lag) if lag else None,
+            "since_commit_s_max": max(lag) if lag else None,
+            "samples": len(samples),
+            "cut_live_fraction": len(live) / len(samples),
+        }
+    fp = os.path.join(raw_dir, "repl-fio.json")
+    if repl is not None and os.path.exists(fp):
+        try:
+            w = json.load(open(fp))["jobs"][0]["write"]
+            repl["fio_mbps"] = w["bw_bytes"] / 1e6
+            repl["fio_p99_us"] = pct(w, 99)
+        except (ValueError, KeyError, IndexError) as e:
+            print("summarize: repl-fio.json: %r" % e, file=sys.stderr)
+result["cuts_under_load"] = repl
+
+# --- markdown ---------------------------------------------------------------------------------
+rl = setup.get("rounds", "? runtime ? ramp ?").split()
 lines = [
-    "### %s" % kver,
+    "### %s" % kver, "",
+    "fio libaio direct, %s s + %s s ramp per run, %s rounds with the devices alternated (order "
+    "rotated each round), writes over the first %s MiB of each device; null_blk %s MiB (no "
+    "memory, irqmode=0), brd; QEMU TCG, %s vCPUs. Medians over rounds; ratios and differences "
+    "are medians of per-round pairs against dm-linear." % (
+        rl[2] if len(rl) > 2 else "?", rl[4] if len(rl) > 4 else "?", rl[0],
+        setup.get("span_mb", "?"), setup.get("lower", "? ? ?").split()[-1], setup.get("cpus", "?")),
     "",
-    "fio 4k randwrite, libaio, direct, %ss + %ss ramp, %s rounds alternated; null_blk %s MiB "
-    "(no memory, irqmode=0); QEMU TCG, %s vCPUs. Medians over rounds."
-    % (setup.get("rounds", "?").split()[2] if "rounds" in setup else "?",
-       setup.get("rounds", "? ? ? ? ?").split()[4] if "rounds" in setup else "?",
-       setup.get("rounds", "?").split()[0] if "rounds" in setup else "?",
-       setup.get("lower", "? size_mb ?").split()[-1], setup.get("cpus", "?")),
-    "",
-    "| QD | device | IOPS | p50 clat µs | p99 clat µs | IOPS per round |",
-    "|---:|---|---:|---:|---:|---|",
+    "| backend | job | device | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | IOPS / dm-linear | p99 − dm-linear µs |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
 ]
-for qd in qds:
-    r = result["qd"][str(qd)]
-    for d in DEVS:
-        if d in r:
-            x = r[d]
-            lines.append("| %d | %s | %.0f | %.1f | %.1f | %s |" % (
-                qd, "dm-" + d if d == "linear" else d, x["iops_median"], x["clat_p50_us_median"],
-                x["clat_p99_us_median"], ", ".join(str(v) for v in x["iops_all"])))
-lines += ["", "| QD | bdr/dm-linear IOPS | bdr − dm-linear p99 µs | same, median of per-round pairs "
-          "| dm-linear/raw IOPS |", "|---:|---:|---:|---|---:|"]
-for qd in qds:
-    r = result["qd"][str(qd)]
-    b, l = r.get("bdr_vs_linear"), r.get("linear_vs_raw")
-    lines.append("| %d | %s | %s | %s | %s |" % (
-        qd, "%.3f" % b["iops_ratio"] if b else "–", "%+.1f" % b["p99_diff_us"] if b else "–",
-        "%.3f, %+.1f µs" % (b["iops_ratio_paired_median"], b["p99_diff_us_paired_median"]) if b else "–",
-        "%.3f" % l["iops_ratio"] if l else "–"))
+for be in backends:
+    for job in jobs:
+        rj = result["backends"][be][job]
+        for d in DEVS:
+            x = rj["devices"].get(d)
+            if not x:
+                continue
+            v = rj["vs_linear"].get(d)
+            lines.append("| %s | %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %s | %s |" % (
+                be, JOBLABEL.get(job, job), LABEL[d], x["iops"], x["mbps"], x["p50_us"], x["p99_us"],
+                x["p999_us"], "%.3f" % v["iops_ratio_paired"] if v else "1", "%+.1f" % v["p99_diff_us_paired"] if v else "0"))
+if over:
+    lines += ["", "Overhead = IOPS lost against dm-linear (1 − the paired ratio); target: bdr idle "
+              "≥ 99% of dm-linear (overhead ≤ 1%), p99 within 2 µs, and bdr's overhead ≤ 1/10 of DRBD "
+              "protocol A's.", "",
+              "| backend | job | bdr idle | bdr during a cut | DRBD A | bdr idle / DRBD A |",
+              "|---|---|---:|---:|---:|---:|"]
+    for o in over:
+        lines.append("| %s | %s | %.1f%% | %s | %.1f%% | %s |" % (
+            o["backend"], JOBLABEL.get(o["job"], o["job"]), 100 * o["bdr_idle"],
+            "%.1f%%" % (100 * o["bdr_cut"]) if o["bdr_cut"] is not None else "–", 100 * o["drbd_a"],
+            "%.3f" % o["bdr_over_drbd_a"] if o["bdr_over_drbd_a"] is not None else "–"))
+if overall:
+    o = overall
+    lines += ["", "Mean over these rows: bdr idle loses %.1f%% (worst row %.1f%%; p99 vs dm-linear worst "
+              "row %+.1f µs), bdr during a cut %s, DRBD protocol A %.1f%%: bdr idle's overhead is %s of "
+              "DRBD A's, during a cut %s." % (
+                  100 * o["bdr_idle_mean"], 100 * o["bdr_idle_worst"], o["bdr_idle_p99_diff_worst_us"],
+                  "%.1f%%" % (100 * o["bdr_cut_mean"]) if o["bdr_cut_mean"] is not None else "–",
+                  100 * o["drbd_a_mean"],
+                  "%.3f" % o["bdr_idle_over_drbd_a"] if o["bdr_idle_over_drbd_a"] is not None else "–",
+                  "%.2f" % o["bdr_cut_over_drbd_a"] if o["bdr_cut_over_drbd_a"] is not None else "–")]
+cs = [s for be in backends for j in jobs for s in result["backends"][be][j].get("cuts", {}).get("suspend_ms", [])]
+if cs:
+    lines += ["", "Cuts taken for the \"during a cut\" rows: %d, suspend window median %.1f ms, max %.1f ms." % (
+        len(cs), med(cs), max(cs))]
+if repl:
+    rp = (setup.get("repl", "") + " ?" * 10).split()
+    lines += [
+        "", "Cuts under load: `bdr primary run --interval %s` shipping to `bdr replica serve` in another "
+        "network namespace (veth) while fio writes %s random blocks at `--rate=%s` to the %s MiB device "
+        "(memory-backed null_blk) for %.0f s." % (rp[9], rp[7], rp[5], rp[3], repl["seconds"]), "",
+        "| cuts committed | cuts/min | aborted | cuts taken (suspend windows) | suspend p50 ms | suspend p99 ms | suspend max ms | RPO p50 s | RPO max s | fio MB/s achieved |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| %d | %.1f | %d | %d | %s | %s | %s | %s | %s | %s |" % tuple(
+            [repl["cuts"], repl["cuts_per_min"] or 0, repl["cuts_aborted"], repl["suspend_n"]] +
+            ["%.1f" % repl[k] if repl.get(k) is not None else "–" for k in
+             ("suspend_ms_p50", "suspend_ms_p99", "suspend_ms_max", "rpo_s_p50", "rpo_s_max", "fio_mbps")]),
+        "", "RPO = age of the newest state the replica is known to hold (`rpo_age_seconds` of `bdr "
+        "status`), sampled every second. A cut (live snapshot, so COW on first writes) was in "
+        "flight in %.0f%% of the samples." % (100 * repl["cut_live_fraction"]),
+    ]
 if "host_load" in setup:
     lines += ["", "Host load average: %s." % setup["host_load"]]
-# On a quiet host rounds agree within about ±5%; say so when they don't.
-spread = max(((max(x["iops_all"]) - min(x["iops_all"])) / x["iops_median"], "QD%s %s" % (qd, d))
-             for qd, r in result["qd"].items() for d, x in r.items() if d in DEVS)
-result["max_iops_spread"] = {"fraction": spread[0], "where": spread[1]}
-if spread[0] > 0.15:
-    lines += ["", "**Noisy run**: IOPS across rounds spread by up to %.0f%% (%s); a quiet host gives "
-              "about ±5%%. Don't read the ratios above as bdr's overhead." % (100 * spread[0], spread[1])]
+spread = [((max(x["iops_all"]) - min(x["iops_all"])) / x["iops"], "%s %s %s" % (be, j, d))
+          for be in backends for j in jobs for d, x in result["backends"][be][j]["devices"].items()
+          if x["iops"] and len(x["iops_all"]) > 1]
+if spread:
+    s = max(spread)
+    result["max_iops_spread"] = {"fraction": s[0], "where": s[1]}
+    if s[0] > 0.15:
+        lines += ["", "**Noisy run**: IOPS across rounds spread by up to %.0f%% (%s); a quiet host gives "
+                  "about ±5%%. Read the ratios with that in mind." % (100 * s[0], s[1])]
 with open(out_json, "w") as f:
     json.dump(result, f, indent=2)
     f.write("\n")

@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 
-stamp=/var/lib/bdr-lab.installed.v3
+stamp=/var/lib/bdr-lab.installed.v4
 if [ -f "$stamp" ] && command -v vng >/dev/null && ls /boot/vmlinuz-6.1.0-* >/dev/null 2>&1 &&
 	ls /boot/vmlinuz-6.12.* >/dev/null 2>&1; then
 	exit 0
@@ -38,7 +38,11 @@ apt-get install -y -q --no-install-recommends \
 	linux-image-amd64 linux-headers-amd64 kmod fio dmsetup e2fsprogs \
 	xfsprogs wireguard-tools wireguard-go tcpdump busybox-static iproute2 util-linux procps udev python3-pip \
 	make gcc bc flex bison libelf-dev libssl-dev \
+<<<<<<< HEAD
 	pkg-config libdevmapper-dev libclang-dev clang rsync
+=======
+	pkg-config libdevmapper-dev libclang-dev clang drbd-utils fonts-dejavu-core
+>>>>>>> vmbench
 # QEMU from backports too: the machine may already carry qemu-utils from there, which breaks
 # bookworm's qemu-system-common.
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
