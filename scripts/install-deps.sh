@@ -38,11 +38,7 @@ apt-get install -y -q --no-install-recommends \
 	linux-image-amd64 linux-headers-amd64 kmod fio dmsetup e2fsprogs \
 	xfsprogs wireguard-tools wireguard-go tcpdump busybox-static iproute2 util-linux procps udev python3-pip \
 	make gcc bc flex bison libelf-dev libssl-dev \
-<<<<<<< HEAD
-	pkg-config libdevmapper-dev libclang-dev clang rsync
-=======
-	pkg-config libdevmapper-dev libclang-dev clang drbd-utils fonts-dejavu-core
->>>>>>> vmbench
+	pkg-config libdevmapper-dev libclang-dev clang rsync drbd-utils fonts-dejavu-core
 # QEMU from backports too: the machine may already carry qemu-utils from there, which breaks
 # bookworm's qemu-system-common.
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
