@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Pre-copy under load: ext4 on a bdr device (memory-backed null_blk), fio writing files in it
-# without pause, cuts shipped to a replica (`bdr replica serve` on a loop device, loopback)
-# back to back with `bdr sync --once` — with pre-copy (the default) and with --no-precopy.
-# Measured and printed: fio's write IOPS idle, during pre-copy cuts and during plain cuts;
-# each cut's snapshot lifetime against its duration. Checked: every cut commits, a copy of
+# Pre-copy under load: ext4 on a bdr device (memory-backed null_blk); before each cut a burst
+# of 24 MiB of new file data, then fio writes a hot 4 MiB file without pause while
+# `bdr sync --once` ships the cut to a replica (`bdr replica serve` on a loop device,
+# loopback) — with pre-copy (the default) and with --no-precopy. Measured and printed:
+# fio's write IOPS during each cut and idle (over as long as the pre-copy cut), and each
+# cut's snapshot lifetime against its duration. Checked: every cut commits, a copy of
 # the replica taken while the filesystem is live is fsck-clean, and at the end (fio stopped,
 # unmounted, one more cut) the replica equals the primary byte for byte and is fsck-clean.
 # vm-timeout: 240
 . "$(dirname "$0")/../lib.sh"
 
 B=$BDR_BIN
-SIZE_MB=192
+SIZE_MB=96
 PEER=127.0.0.1:7900
 PDIR=$T_SCRATCH/pstate
 RDIR=$T_SCRATCH/rstate
 COW=$T_SCRATCH/cow
 MNT=$T_SCRATCH/mnt
 OUT=$RESULTS/precopy.txt
-SECS=${PRECOPY_FIO_SECONDS:-8}
 mkdir -p "$COW" "$MNT"
 : >"$OUT"
 SRC=(--cow "$COW" --cow-size 128M --state-dir "$PDIR")
@@ -33,40 +33,42 @@ kill_pidfile() {
 	: >"$1"
 }
 
-# fio_iops SECONDS: random 4 KiB direct writes into a 64 MiB file of the filesystem; prints
-# the write IOPS.
-fio_iops() {
-	fio --name=pc --filename="$MNT/fio.dat" --size=64M --rw=randwrite --bs=4k --direct=1 \
-		--ioengine=libaio --iodepth=8 --time_based --runtime="$1" --randrepeat=0 \
-		--output-format=terse --terse-version=3 2>/dev/null | awk -F';' '{print $49}'
+# fio on a hot 4 MiB file (64 regions): random 4 KiB direct writes, unthrottled, in the
+# background until hot_stop, which prints its write IOPS.
+hot_start() {
+	fio --name=hot --filename="$MNT/hot.dat" --size=4M --rw=randwrite --bs=4k --direct=1 \
+		--ioengine=libaio --iodepth=8 --time_based --runtime=600 --randrepeat=0 \
+		--output-format=terse --terse-version=3 --output="$T_SCRATCH/hot.out" >/dev/null 2>&1 &
+	echo $! >"$T_SCRATCH/fio.pid"
+	sleep 1 # fio lays the file out first
+}
+hot_stop() {
+	local p
+	p=$(cat "$T_SCRATCH/fio.pid")
+	kill -INT "$p" && wait "$p"
+	: >"$T_SCRATCH/fio.pid"
+	awk -F';' '{print $49}' "$T_SCRATCH/hot.out"
+}
+# A burst of new file data (24 MiB, ~400 regions): what the next cut must ship.
+burst() {
+	dd if=/dev/urandom of="$MNT/burst-$1" bs=1M count=24 oflag=direct status=none
 }
 
-# cuts_while_fio LABEL [sync options...]: fio for $SECS s while `sync --once` runs back to
-# back; prints the IOPS and, per cut, the snapshot lifetime against the cut's duration.
-cuts_while_fio() {
-	local label=$1 n=0 f iops share
+# cut_under_fio LABEL [sync options...]: a burst, then one `sync --once` while fio writes
+# the hot file; prints fio's IOPS during the cut and the cut's shape.
+cut_under_fio() {
+	local label=$1 f=$T_SCRATCH/$1.json iops t0 ms
 	shift
-	rm -f "$T_SCRATCH"/cut-*.json
-	fio_iops "$SECS" >"$T_SCRATCH/iops" &
-	local fpid=$!
-	while kill -0 "$fpid" 2>/dev/null; do
-		n=$((n + 1))
-		f=$T_SCRATCH/cut-$n.json
-		if ! "$B" sync --once c --peer "$PEER" --json "${SRC[@]}" "$@" >"$f" 2>"$f.err"; then
-			t_fail "$label: sync --once $n failed: $(tail -n 3 "$f.err")"
-			wait "$fpid"
-			return 1
-		fi
-	done
-	wait "$fpid"
-	iops=$(cat "$T_SCRATCH/iops")
-	share=$(for f in "$T_SCRATCH"/cut-*.json; do
-		printf '%s %s %s %s %s\n' "$(jget snapshot_ms <"$f")" "$(jget cut_ms <"$f")" \
-			"$(jget precopy_passes <"$f")" "$(jget precopy_regions <"$f")" "$(jget residue_regions <"$f")"
-	done | awk '{s += $1; c += $2; p += $3; pr += $4; r += $5; n++}
-		END {printf "%d cuts, mean snapshot %.0f ms of cut %.0f ms (%.0f%%), mean %.1f pre-copy passes, %.0f regions pre-copied, residue %.0f regions", n, s/n, c/n, 100*s/c, p/n, pr/n, r/n}')
-	report "$label: fio ${iops} write IOPS; $share"
+	burst "$label"
+	hot_start
+	t0=$(date +%s%3N)
+	"$B" sync --once c --peer "$PEER" --json "${SRC[@]}" "$@" >"$f" 2>"$f.err" ||
+		t_fail "$label: sync --once failed: $(tail -n 3 "$f.err")"
+	ms=$(($(date +%s%3N) - t0))
+	iops=$(hot_stop)
+	echo "$ms" >"$T_SCRATCH/ms-$label"
 	echo "$iops" >"$T_SCRATCH/iops-$label"
+	report "$label: fio ${iops} write IOPS during the cut ($ms ms); snapshot $(jget snapshot_ms <"$f") ms of the cut's $(jget cut_ms <"$f") ms; $(jget precopy_passes <"$f") pre-copy passes, $(jget precopy_regions <"$f") regions pre-copied, residue $(jget residue_regions <"$f") regions"
 }
 
 t_case "a bdr device with ext4, a replica serving"
@@ -86,21 +88,25 @@ assert_ok mount /dev/mapper/c "$MNT" || exit 1
 for _ in $(seq 50); do [ -e "$RDIR/replica-status.json" ] && break; sleep 0.2; done
 assert_ok "$B" sync --once c --peer "$PEER" "${SRC[@]}" # the seed (a rescan)
 
-t_case "fio IOPS idle, during pre-copy cuts, during plain cuts"
-idle=$(fio_iops "$SECS")
+t_case "fio IOPS idle, during a pre-copy cut, during a plain cut"
+touch "$T_SCRATCH/fio.pid"
+t_defer kill_pidfile "$T_SCRATCH/fio.pid"
+cut_under_fio precopy
+cut_under_fio plain --no-precopy
+hot_start
+sleep "$(awk -v m="$(cat "$T_SCRATCH/ms-precopy")" 'BEGIN {printf "%.1f", m / 1000}')"
+idle=$(hot_stop)
 report "idle: fio ${idle} write IOPS"
-cuts_while_fio precopy || exit 1
-cuts_while_fio plain --no-precopy || exit 1
 pre=$(cat "$T_SCRATCH/iops-precopy") plain=$(cat "$T_SCRATCH/iops-plain")
-report "IOPS during cuts vs idle: pre-copy $(awk -v a="$pre" -v b="$idle" 'BEGIN {printf "%.0f%%", 100*a/b}'), plain $(awk -v a="$plain" -v b="$idle" 'BEGIN {printf "%.0f%%", 100*a/b}')"
-[ "${pre:-0}" -gt 0 ] || t_fail "no IOPS measured"
+report "IOPS during the cut vs idle: pre-copy $(awk -v a="$pre" -v b="$idle" 'BEGIN {printf "%.0f%%", 100*a/b}'), plain $(awk -v a="$plain" -v b="$idle" 'BEGIN {printf "%.0f%%", 100*a/b}')"
+[ "${pre:-0}" -gt 0 ] && [ "${idle:-0}" -gt 0 ] || t_fail "no IOPS measured"
+assert_ok test "$(jget precopy_passes <"$T_SCRATCH/precopy.json")" -ge 1
 
 t_case "a cut of the live filesystem under fio: the replica is fsck-clean"
-fio_iops 4 >/dev/null &
-fpid=$!
-sleep 1
+burst live
+hot_start
 assert_ok "$B" sync --once c --peer "$PEER" "${SRC[@]}"
-wait "$fpid"
+hot_stop >/dev/null
 cp --sparse=always "$RDEV" "$T_SCRATCH/copy.img"
 e2fsck -fn "$T_SCRATCH/copy.img" >"$T_SCRATCH/fsck.log" 2>&1 || t_fail "fsck of the live cut: $(tail -n 5 "$T_SCRATCH/fsck.log")"
 rm -f "$T_SCRATCH/copy.img"
