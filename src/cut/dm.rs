@@ -482,6 +482,19 @@ impl CutSource for DmCutSource {
         Ok(merged?)
     }
 
+    fn release_image(&mut self, cut: &mut Cut) -> Result<()> {
+        let _held = SignalsHeld::new();
+        if self.cow_usage().is_some_and(|c| c.invalid) {
+            bail!(
+                "the copy-on-write store overflowed while the cut was read: its image is \
+                 invalid; use a larger --cow-size"
+            );
+        }
+        // Our descriptor of the snapshot must be closed before the device goes.
+        cut.image = Arc::new(super::Released);
+        self.release()
+    }
+
     fn precopy_pass(&mut self) -> Result<PrecopyPass> {
         let _held = SignalsHeld::new();
         if self.live {

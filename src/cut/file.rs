@@ -207,6 +207,11 @@ impl CutSource for FileCutSource {
         Ok(())
     }
 
+    fn release_image(&mut self, cut: &mut Cut) -> Result<()> {
+        cut.image = Arc::new(super::Released);
+        Ok(())
+    }
+
     fn precopy_pass(&mut self) -> Result<PrecopyPass> {
         anyhow::ensure!(!self.live, "pre-copy while a cut is live");
         let info = self.map.info()?;

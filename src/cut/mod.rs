@@ -51,6 +51,18 @@ pub struct Cut {
     pub residue: Option<RoaringBitmap>,
 }
 
+/// The image of a cut whose image was released ([`CutSource::release_image`]).
+pub struct Released;
+
+impl CutImage for Released {
+    fn len(&self) -> u64 {
+        0
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("the cut's image was released"))
+    }
+}
+
 /// One pre-copy pass.
 pub struct PrecopyPass {
     /// Regions written since the previous pass (the first pass: since the last committed
@@ -83,6 +95,11 @@ pub trait CutSource: Send {
     fn abort(&mut self, cut: Cut) -> Result<()>;
     /// Fill of the image's copy-on-write store while a cut is live.
     fn cow_usage(&self) -> Option<CowUsage>;
+    /// Every region of the cut was read from its image: release the image (a snapshot and
+    /// its copy-on-write) now, before the replica commits. The regions stay frozen until
+    /// [`commit`](CutSource::commit) or [`abort`](CutSource::abort). Fails, keeping the
+    /// image, if it became invalid while it was read (COW overflow): abort the cut then.
+    fn release_image(&mut self, cut: &mut Cut) -> Result<()>;
     /// One pre-copy pass (see the module doc). Not while a cut is live.
     fn precopy_pass(&mut self) -> Result<PrecopyPass>;
     /// Regions written since the last pre-copy pass, without freezing them: decides whether

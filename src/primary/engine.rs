@@ -164,6 +164,8 @@ struct Shipped {
     taken_ms: u64,
     /// When `take` started: the snapshot's life starts there.
     snapshot_t0: Instant,
+    /// When the snapshot was released, if before the commit (pre-copy).
+    snapshot_end: Option<Instant>,
     precopy_passes: u32,
 }
 
@@ -414,6 +416,7 @@ impl<'a> Replicator<'a> {
             ids,
             taken_ms,
             snapshot_t0,
+            snapshot_end,
             precopy_passes,
         } = shipped;
         // State first: a crash before the ack leaves frozen bits that the next cut merges
@@ -430,7 +433,7 @@ impl<'a> Replicator<'a> {
             precopy_passes,
             precopy_regions: stats.pass_regions.iter().rev().skip(1).sum::<u64>(),
             residue_regions,
-            snapshot_ms: ms(cut_done - snapshot_t0),
+            snapshot_ms: ms(snapshot_end.unwrap_or(cut_done) - snapshot_t0),
             cut_ms: ms(cut_done - t_cut),
         };
         // Timings are filled in once the snapshot is released.
@@ -529,6 +532,7 @@ impl<'a> Replicator<'a> {
                 ids,
                 taken_ms,
                 snapshot_t0,
+                snapshot_end: None,
                 precopy_passes: 0,
             }),
             Err((e, cow_invalid)) => {
@@ -620,7 +624,9 @@ impl<'a> Replicator<'a> {
         let mut passes = 1u32;
         let mut last = first.regions.len();
         let mut pass_suspends: Vec<Duration> = Vec::new();
+        let mut released_at: Option<Instant> = None;
         let res = {
+            let released = &mut released_at;
             let source = &mut *self.source;
             let geometry = info.geometry;
             let cut_slot = &mut cut_slot;
@@ -629,8 +635,19 @@ impl<'a> Replicator<'a> {
             let passes = &mut passes;
             let live_next = live.clone();
             let mut next = move |_st: &ShipStats| -> Result<Option<Pass>, ShipError> {
-                if cut_slot.is_some() {
-                    return Ok(None);
+                if let Some((cut, _, _)) = cut_slot.as_mut() {
+                    // The residue was read: the snapshot can go before the replica commits
+                    // (the regions stay frozen until then).
+                    return tokio::task::block_in_place(|| source.release_image(cut))
+                        .map(|()| {
+                            *released = Some(Instant::now());
+                            None
+                        })
+                        .map_err(|e| {
+                            let m = format!("{e:#}");
+                            *err_slot = Some(e);
+                            ShipError::Source(m)
+                        });
                 }
                 let r = tokio::task::block_in_place(|| -> Result<Pass> {
                     let pending = source.precopy_pending()?;
@@ -705,6 +722,7 @@ impl<'a> Replicator<'a> {
                 ids,
                 taken_ms,
                 snapshot_t0,
+                snapshot_end: released_at,
                 precopy_passes: passes,
             }),
             (Ok(_), None) => {

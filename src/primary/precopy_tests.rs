@@ -107,6 +107,8 @@ struct Racy {
     images: Arc<Mutex<Vec<Vec<u8>>>>,
     fail: Option<Fail>,
     passes: u32,
+    /// Images released before the commit.
+    released: u64,
 }
 
 impl CutSource for Racy {
@@ -136,6 +138,10 @@ impl CutSource for Racy {
     }
     fn cow_usage(&self) -> Option<CowUsage> {
         None
+    }
+    fn release_image(&mut self, cut: &mut Cut) -> Result<()> {
+        self.released += 1;
+        self.inner.release_image(cut)
     }
     fn precopy_pass(&mut self) -> Result<PrecopyPass> {
         self.passes += 1;
@@ -215,6 +221,7 @@ impl Lab {
             images: Arc::default(),
             fail: None,
             passes: 0,
+            released: 0,
         }
     }
 
@@ -363,6 +370,10 @@ async fn precopy_under_concurrent_and_torn_writes_commits_exact_cuts() {
          {torn} torn copies, {written} background writes"
     );
     assert!(torn > 0, "no copy was torn: the race was not exercised");
+    assert_eq!(
+        src.released, cuts,
+        "each pre-copy cut released its image before the commit"
+    );
     assert!(reshipped > 0, "no region was shipped twice");
 }
 

@@ -395,9 +395,9 @@ where
     }
 
     /// Ships one cut in several passes (pre-copy): `first` in the `CutBegin`, then, after
-    /// each pass's chunks, `next` is called with the counters so far and returns the next
-    /// pass (announced with `CutPass`) or `None` to end the cut (`CutEnd`, then wait for
-    /// `Committed`). A region in several passes ends with its content of the last one.
+    /// each pass's chunks were read and sent (the pass and its image dropped), `next` is
+    /// called with the counters so far and returns the next pass (announced with
+    /// `CutPass`) or `None` to end the cut (`CutEnd`, then wait for `Committed`). A region in several passes ends with its content of the last one.
     /// `next` runs on the task that ships (it may block: wrap blocking work in
     /// `block_in_place` on a multi-threaded runtime); an error from it aborts the cut.
     pub async fn ship_cut_passes(
@@ -491,6 +491,9 @@ where
                     union |= &pass.regions;
                     st.regions = union.len();
                     st.pass_regions.push(total);
+                    // Every chunk of the pass was read: its image is no longer needed here
+                    // (`next` may release it, e.g. a snapshot, before the replica commits).
+                    drop(pass);
                     let Some(next) = next.as_mut() else { break };
                     writer.flush().await?;
                     let Some(p) = next(&st)? else { break };
