@@ -163,6 +163,12 @@ pub struct PrimaryRunArgs {
     /// Time between the starts of two cuts (the RPO target): 500ms, 5s, 1m... (default 5s)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub interval: Option<Duration>,
+    /// No pre-copy: ship every dirty region from the cut's snapshot, which then lives (and
+    /// slows writes with copy-on-write) for the whole cut. By default the dirty regions are
+    /// first copied from the live device and the snapshot only ships what was written
+    /// meanwhile.
+    #[arg(long)]
+    pub no_precopy: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -180,6 +186,12 @@ pub struct SyncArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No pre-copy: ship every dirty region from the cut's snapshot, which then lives (and
+    /// slows writes with copy-on-write) for the whole cut. By default the dirty regions are
+    /// first copied from the live device and the snapshot only ships what was written
+    /// meanwhile.
+    #[arg(long)]
+    pub no_precopy: bool,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -23,6 +23,40 @@ pub struct CowFill {
     pub invalid: bool,
 }
 
+/// How the last committed cut was taken: pre-copy passes and how long its snapshot lived.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CutShape {
+    /// Pre-copy passes before the cut (0: pre-copy off or not worth it).
+    pub precopy_passes: u32,
+    /// Chunks copied from the live device by those passes.
+    pub precopy_regions: u64,
+    /// Regions read from the cut's image (the residue; every region without pre-copy).
+    pub residue_regions: u64,
+    /// From taking the cut (suspend) to releasing its image (after the replica committed).
+    pub snapshot_ms: f64,
+    /// From the first pre-copy pass (or the cut) to the release.
+    pub cut_ms: f64,
+}
+
+impl CutShape {
+    /// "2 pre-copy passes (812 regions), residue 14 regions, snapshot 120 ms of 900 ms (13%)"
+    pub fn describe(&self) -> String {
+        let share = if self.cut_ms > 0.0 {
+            100.0 * self.snapshot_ms / self.cut_ms
+        } else {
+            100.0
+        };
+        format!(
+            "{} pre-copy passes ({} regions), residue {} regions, snapshot {:.0} ms of {:.0} ms ({share:.0}%)",
+            self.precopy_passes,
+            self.precopy_regions,
+            self.residue_regions,
+            self.snapshot_ms,
+            self.cut_ms
+        )
+    }
+}
+
 /// What the process that replicates the volume is doing; the file's schema.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrimaryStatus {
@@ -57,6 +91,8 @@ pub struct PrimaryStatus {
     pub cuts_aborted: u64,
     pub last_error: Option<ErrorNote>,
     pub next_retry_unix_ms: Option<u64>,
+    /// Pre-copy and snapshot lifetime of the last committed cut.
+    pub last_cut_shape: Option<CutShape>,
 }
 
 impl PrimaryStatus {
@@ -132,6 +168,8 @@ pub struct ReplicationView {
     pub cuts_committed: u64,
     pub cuts_aborted: u64,
     pub last_error: Option<ErrorNote>,
+    /// Pre-copy and snapshot lifetime of the last committed cut.
+    pub last_cut_shape: Option<CutShape>,
 }
 
 impl ReplicationView {
@@ -169,6 +207,7 @@ impl ReplicationView {
             cuts_committed: s.cuts_committed,
             cuts_aborted: s.cuts_aborted,
             last_error: s.last_error.clone(),
+            last_cut_shape: s.last_cut_shape.clone(),
         }
     }
 
@@ -225,6 +264,9 @@ impl ReplicationView {
                 ),
             ),
         ];
+        if let Some(c) = &self.last_cut_shape {
+            rows.push(("last cut shape", c.describe()));
+        }
         if let Some(c) = self.current_cut {
             rows.push(("cutting", format!("cut {c}")));
         }

@@ -761,6 +761,7 @@ fn hostile_bytes_leave_the_replica_serving_its_committed_cut() {
     };
     let cut = status()["committed"]["last_cut"].clone();
     assert!(cut.is_u64(), "{}", status());
+    const V: u16 = bdr_sync::PROTO_VERSION;
     let header = |version: u16, len: u32| {
         let mut h = b"BDRF".to_vec();
         h.extend(version.to_le_bytes());
@@ -771,9 +772,11 @@ fn hostile_bytes_leave_the_replica_serving_its_committed_cut() {
     };
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "magic"),
-        (header(1, u32::MAX), "exceeds the limit"),
+        (header(V, u32::MAX), "exceeds the limit"),
         (header(99, 16), "version 99"),
-        ([header(1, 64), vec![7u8; 10]].concat(), "truncated"),
+        // A bdr of protocol version 1 (before multi-pass cuts) is refused by name.
+        (header(1, 16), "version 1,"),
+        ([header(V, 64), vec![7u8; 10]].concat(), "truncated"),
     ];
     for (bytes, want) in cases {
         let mut s = TcpStream::connect(&addr).unwrap();
@@ -801,4 +804,60 @@ fn hostile_bytes_leave_the_replica_serving_its_committed_cut() {
     );
     // Still a working replica.
     lab.sync_once(&addr);
+}
+
+/// `sync --once` pre-copies by default (the summary and `bdr status --json` report the
+/// passes, the residue and the snapshot's lifetime against the cut's), and `--no-precopy`
+/// ships everything from the snapshot; both leave the replica equal to the primary.
+#[test]
+fn sync_once_precopies_by_default_and_no_precopy_disables_it() {
+    let mut lab = Lab::new(21);
+    let (_replica, addr) = lab.start_replica("127.0.0.1:0");
+    let s = lab.sync_once(&addr);
+    assert_eq!(s["kind"], "rescan", "{s}");
+    assert_eq!(s["precopy_passes"], 0, "a rescan does not pre-copy: {s}");
+
+    let touched = lab.write_random(30);
+    let s = lab.sync_once(&addr);
+    assert_eq!(s["kind"], "incremental", "{s}");
+    assert!(s["precopy_passes"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["precopy_regions"], touched.len() as u64, "{s}");
+    assert_eq!(s["residue_regions"], 0, "nothing written meanwhile: {s}");
+    assert_eq!(s["regions"], touched.len() as u64, "{s}");
+    assert!(s["snapshot_ms"].as_f64().unwrap() <= s["cut_ms"].as_f64().unwrap());
+    lab.assert_replica_equals_primary();
+    let o = bdr(&[
+        "status",
+        "vol",
+        "--json",
+        "--state-dir",
+        Lab::p(&lab.pstate),
+    ]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shape = &v["replication"]["last_cut_shape"];
+    assert_eq!(shape["precopy_passes"], s["precopy_passes"], "{v}");
+    assert_eq!(shape["precopy_regions"], touched.len() as u64, "{v}");
+    assert!(shape["snapshot_ms"].as_f64().is_some(), "{v}");
+    let o = bdr(&["status", "vol", "--state-dir", Lab::p(&lab.pstate)]);
+    assert!(text(&o.stdout).contains("pre-copy passes"), "{}", show(&o));
+
+    let touched = lab.write_random(30);
+    let o = bdr(&lab.primary_args(vec![
+        "sync",
+        "--once",
+        "vol",
+        "--peer",
+        &addr,
+        "--json",
+        "--no-precopy",
+    ]));
+    assert!(o.status.success(), "{}", show(&o));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["precopy_passes"], 0, "{s}");
+    assert_eq!(s["precopy_regions"], 0, "{s}");
+    assert_eq!(s["residue_regions"], touched.len() as u64, "{s}");
+    lab.assert_replica_equals_primary();
+    let o = bdr(&lab.primary_args(vec!["sync", "--once", "vol", "--peer", &addr]));
+    assert!(text(&o.stdout).contains("pre-copy:"), "{}", show(&o));
 }

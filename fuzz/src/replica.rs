@@ -906,7 +906,7 @@ impl<'a> Harness<'a> {
                     } => (dev_bytes, region_bytes),
                 };
                 let f = Frame::Hello {
-                    proto: if *bad_proto { 2 } else { PROTO_VERSION },
+                    proto: if *bad_proto { PROTO_VERSION + 1 } else { PROTO_VERSION },
                     volume,
                     dev_bytes,
                     region_bytes,

@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bdr_bitmap::{DirtyMap, Generation, Geometry, KernelDirtyMap, MapInfo};
+use bdr_bitmap::{DirtyMap, Generation, Geometry, KernelDirtyMap, MapInfo, RoaringBitmap};
 use bdr_sync::ship::CutImage;
 use devicemapper::{DevId, DmName, DmOptions, DM};
 
 use super::ioctl::{DmControl, LoopDevice};
-use super::{CowUsage, Cut, CutSource};
+use super::{CowUsage, Cut, CutSource, PrecopyPass};
 use crate::guard::Guard;
 use crate::target::{DevNum, TableParams, TARGET_TYPE};
 
@@ -166,6 +166,8 @@ pub struct DmCutSource {
     cow: Cow,
     guard: Guard,
     live: bool,
+    /// Pre-copy passes done since the last cut ended.
+    passes: u32,
 }
 
 fn dm_name(name: &str) -> Result<&DmName> {
@@ -199,6 +201,7 @@ impl DmCutSource {
             cow,
             guard,
             live: false,
+            passes: 0,
         };
         src.recover()?;
         Ok(src)
@@ -311,15 +314,28 @@ impl DmCutSource {
         Ok(())
     }
 
-    /// The window: suspend, freeze, activate the snapshot, resume. Returns its length.
-    fn window(&mut self, generation: Generation) -> Result<Duration> {
+    /// The window: suspend, (after pre-copy: read the residue,) freeze, activate the
+    /// snapshot, resume. Returns its length and the residue.
+    fn window(
+        &mut self,
+        generation: Generation,
+        residue: bool,
+    ) -> Result<(Duration, Option<RoaringBitmap>)> {
         self.guard.arm()?;
         let t0 = Instant::now();
         let suspended = self.ctl.suspend(&self.name, true);
+        let mut res = None;
         let frozen = suspended
             .as_ref()
             .map_err(|e| anyhow!("cannot suspend {}: {e}", self.name))
-            .and_then(|()| Ok(self.map.freeze(generation)?));
+            .and_then(|()| {
+                if residue {
+                    // Suspended: no write is in flight, the active set is exactly what was
+                    // written since the last pre-copy pass.
+                    res = Some(self.map.read_active(generation)?);
+                }
+                Ok(self.map.freeze(generation)?)
+            });
         let snap = frozen.as_ref().map_err(|e| anyhow!("{e:#}")).and_then(|_| {
             self.ctl
                 .resume(&self.snap_name)
@@ -331,7 +347,28 @@ impl DmCutSource {
         self.guard.disarm()?;
         resumed.with_context(|| format!("cannot resume {}", self.name))?;
         snap?;
-        Ok(elapsed)
+        Ok((elapsed, res))
+    }
+
+    /// A later pre-copy pass: suspend without lockfs (writes in flight complete and mark),
+    /// read the active set, freeze it, resume.
+    fn separate(&mut self, generation: Generation) -> Result<(Duration, RoaringBitmap)> {
+        self.guard.arm()?;
+        let t0 = Instant::now();
+        let got = self
+            .ctl
+            .suspend(&self.name, false)
+            .map_err(|e| anyhow!("cannot suspend {}: {e}", self.name))
+            .and_then(|()| {
+                let r = self.map.read_active(generation)?;
+                self.map.freeze(generation)?;
+                Ok(r)
+            });
+        let resumed = self.ctl.resume(&self.name);
+        let elapsed = t0.elapsed();
+        self.guard.disarm()?;
+        resumed.with_context(|| format!("cannot resume {}", self.name))?;
+        Ok((elapsed, got?))
     }
 }
 
@@ -387,7 +424,9 @@ impl CutSource for DmCutSource {
         }
         sync_mounted_fs(self.name_dev()?);
         self.live = true;
-        let suspend = match self.window(info.generation) {
+        let precopied = self.passes > 0;
+        self.passes = 0;
+        let (suspend, residue) = match self.window(info.generation, precopied) {
             Ok(d) => d,
             Err(e) => {
                 let _ = self.map.merge_back(info.generation);
@@ -423,6 +462,7 @@ impl CutSource for DmCutSource {
             geometry,
             generation: info.generation,
             suspend,
+            residue,
         })
     }
 
@@ -440,6 +480,78 @@ impl CutSource for DmCutSource {
         drop(cut);
         self.release()?;
         Ok(merged?)
+    }
+
+    fn release_image(&mut self, cut: &mut Cut) -> Result<()> {
+        let _held = SignalsHeld::new();
+        if self.cow_usage().is_some_and(|c| c.invalid) {
+            bail!(
+                "the copy-on-write store overflowed while the cut was read: its image is \
+                 invalid; use a larger --cow-size"
+            );
+        }
+        // Our descriptor of the snapshot must be closed before the device goes.
+        cut.image = Arc::new(super::Released);
+        self.release()
+    }
+
+    fn precopy_pass(&mut self) -> Result<PrecopyPass> {
+        let _held = SignalsHeld::new();
+        if self.live {
+            bail!("pre-copy of {} while a cut is live", self.name);
+        }
+        let info = self.map.info()?;
+        let g = info.generation;
+        let (suspend, regions) = if self.passes == 0 {
+            if info.frozen_regions > 0 {
+                tracing::warn!(
+                    device = %self.name,
+                    regions = info.frozen_regions,
+                    "frozen regions of an unfinished cut: merging them back"
+                );
+                self.map.merge_back(g)?;
+            }
+            // A bare freeze of the live device: the frozen set was empty, so it now holds
+            // exactly the regions moved; a write completing later marks the active set.
+            self.map.freeze(g)?;
+            (Duration::ZERO, self.map.read_frozen(g)?)
+        } else {
+            self.separate(g)?
+        };
+        self.passes += 1;
+        Ok(PrecopyPass {
+            regions,
+            geometry: info.geometry,
+            generation: g,
+            suspend,
+        })
+    }
+
+    fn precopy_pending(&self) -> Result<u64> {
+        Ok(self.map.info()?.active_regions)
+    }
+
+    fn live_image(&self) -> Result<Arc<dyn CutImage>> {
+        let path = crate::dm::mapper_path(&self.name);
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .with_context(|| format!("cannot open {} for pre-copy", path.display()))?;
+        Ok(Arc::new(SnapImage {
+            file,
+            len: self.len_sectors * 512,
+        }))
+    }
+
+    fn abort_precopy(&mut self) -> Result<()> {
+        if self.passes == 0 {
+            return Ok(());
+        }
+        let _held = SignalsHeld::new();
+        self.passes = 0;
+        let g = self.map.info()?.generation;
+        Ok(self.map.merge_back(g)?)
     }
 
     fn cow_usage(&self) -> Option<CowUsage> {

@@ -7,6 +7,22 @@
 //! them); `abort` merges them back into the active set, so a failed cut loses nothing.
 //! A source whose process dies mid-cut recovers at the next [`CutSource::take`]: frozen bits
 //! left behind are merged back, leftover snapshot devices removed.
+//!
+//! # Pre-copy
+//!
+//! Before a cut, [`CutSource::precopy_pass`] may be called any number of times: each pass
+//! moves the regions written since the previous pass (the first: since the last committed
+//! cut) into the frozen set and returns exactly them; the caller copies them from the live
+//! device ([`CutSource::live_image`]). The next [`CutSource::take`] then also reports the
+//! cut's *residue*: the regions written since the last pass, the only ones that must be read
+//! from the cut's image. This is exact because the target marks a region when a write
+//! *completes*: a write that completes after a pass froze its region is in the next pass or
+//! in the residue, so a region copied while a write was in flight (torn) is shipped again.
+//! Passes after the first separate the regions written since the previous pass by holding
+//! writers off for the two bitmap calls (a suspend without lockfs for a real device);
+//! the first is a bare freeze. Until the cut commits, every pass's regions stay frozen:
+//! [`CutSource::abort`] or [`CutSource::abort_precopy`] merges them back, and a process
+//! dying mid-pre-copy leaves them frozen, to be merged back by the next one.
 
 pub mod dm;
 pub mod file;
@@ -29,6 +45,32 @@ pub struct Cut {
     /// Generation of the bitmap the regions came from.
     pub generation: Generation,
     /// How long writers were held off to take the cut (suspend to resume).
+    pub suspend: Duration,
+    /// After pre-copy passes: the regions written since the last pass (a subset of
+    /// `regions`), the only ones to read from `image`. `None` without pre-copy.
+    pub residue: Option<RoaringBitmap>,
+}
+
+/// The image of a cut whose image was released ([`CutSource::release_image`]).
+pub struct Released;
+
+impl CutImage for Released {
+    fn len(&self) -> u64 {
+        0
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("the cut's image was released"))
+    }
+}
+
+/// One pre-copy pass.
+pub struct PrecopyPass {
+    /// Regions written since the previous pass (the first pass: since the last committed
+    /// cut), now frozen, to be copied from the live device.
+    pub regions: RoaringBitmap,
+    pub geometry: Geometry,
+    pub generation: Generation,
+    /// How long writers were held off to separate the pass (zero for the first pass).
     pub suspend: Duration,
 }
 
@@ -53,6 +95,21 @@ pub trait CutSource: Send {
     fn abort(&mut self, cut: Cut) -> Result<()>;
     /// Fill of the image's copy-on-write store while a cut is live.
     fn cow_usage(&self) -> Option<CowUsage>;
+    /// Every region of the cut was read from its image: release the image (a snapshot and
+    /// its copy-on-write) now, before the replica commits. The regions stay frozen until
+    /// [`commit`](CutSource::commit) or [`abort`](CutSource::abort). Fails, keeping the
+    /// image, if it became invalid while it was read (COW overflow): abort the cut then.
+    fn release_image(&mut self, cut: &mut Cut) -> Result<()>;
+    /// One pre-copy pass (see the module doc). Not while a cut is live.
+    fn precopy_pass(&mut self) -> Result<PrecopyPass>;
+    /// Regions written since the last pre-copy pass, without freezing them: decides whether
+    /// another pass is worth it.
+    fn precopy_pending(&self) -> Result<u64>;
+    /// The live device, for pre-copy reads (no cache between it and the writers).
+    fn live_image(&self) -> Result<Arc<dyn CutImage>>;
+    /// Pre-copy ended without a cut: merge every pass's regions back. A no-op when no pass
+    /// ran.
+    fn abort_precopy(&mut self) -> Result<()>;
 }
 
 /// `bdr __cut`: one cut of a real device, for the VM lab: copy its image, report, finish.

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use super::daemon::{self, LoopOptions};
-use super::engine::{CutSummary, Replicator, Step};
+use super::engine::{CutSummary, PrecopyOptions, Replicator, Step};
 use super::source;
 use crate::cli::{PrimaryRunArgs, SyncArgs, VerifyArgs};
 use crate::config::required;
@@ -59,6 +59,7 @@ pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
         let stop = stop_on_signals()?;
         let mut rep =
             Replicator::new(&mut *src, dir, &peer, "primary run", ShipOptions::default())?;
+        rep.set_precopy(precopy_options(a.no_precopy));
         tracing::info!(
             volume = %a.name,
             peer = %peer,
@@ -71,6 +72,14 @@ pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
         tracing::info!("replication daemon stopped");
         r
     })
+}
+
+fn precopy_options(off: bool) -> PrecopyOptions {
+    if off {
+        PrecopyOptions::disabled()
+    } else {
+        PrecopyOptions::default()
+    }
 }
 
 /// The human summary of one cut.
@@ -101,6 +110,21 @@ pub fn render_summary(s: &CutSummary) -> String {
         ),
         ("compression", format!("{:.2}x", s.compression_ratio)),
         ("suspend", format!("{:.1} ms", s.suspend_ms)),
+        (
+            "pre-copy",
+            if s.precopy_passes == 0 {
+                "none".to_string()
+            } else {
+                format!(
+                    "{} passes, {} regions from the live device, residue {} regions",
+                    s.precopy_passes, s.precopy_regions, s.residue_regions
+                )
+            },
+        ),
+        (
+            "snapshot",
+            format!("{:.0} ms of the cut's {:.0} ms", s.snapshot_ms, s.cut_ms),
+        ),
         ("time", format!("{:.3} s", s.elapsed_ms / 1000.0)),
     ]);
     for (k, v) in rows {
@@ -118,6 +142,7 @@ pub fn sync_once(a: &SyncArgs) -> Result<()> {
         let stop = stop_on_signals()?;
         let mut rep =
             Replicator::new(&mut *src, dir, &peer, "sync --once", ShipOptions::default())?;
+        rep.set_precopy(precopy_options(a.no_precopy));
         let r = rep.step(false, &stop).await;
         rep.finish().await;
         r

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use bdr_bitmap::MapInfo;
-use bdr_sync::ship::{ReplicaInfo, VerifyReport};
+use bdr_sync::ship::{Pass, ReplicaInfo, ShipError, VerifyReport};
 use bdr_sync::{CutIds, CutImage, CutKind, PrimaryConn, ShipOptions, ShipStats};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::progress::Reporter;
 use crate::cut::{Cut, CutSource};
-use crate::primary_status::{CowFill, PrimaryStatus};
+use crate::primary_status::{CowFill, CutShape, PrimaryStatus};
 use crate::state::{now_ms, ErrorNote, PrimaryState, StateDir};
 
 type Conn = PrimaryConn<OwnedReadHalf, OwnedWriteHalf>;
@@ -27,6 +27,55 @@ const MAX_IDLE: Duration = Duration::from_secs(300);
 /// How long a cut in flight may still finish after SIGINT/SIGTERM before it is aborted.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Pre-copy (see [`crate::cut`]): before a cut, the dirty regions are copied from the live
+/// device in passes while the residue shrinks; the cut's snapshot then only has to live
+/// while the last residue ships.
+#[derive(Clone, Debug)]
+pub struct PrecopyOptions {
+    pub enabled: bool,
+    /// Most pre-copy passes before the cut.
+    pub max_passes: u32,
+    /// No pre-copy when this few regions or fewer are dirty, and no further pass when this
+    /// few were written during the last one: the cut ships them.
+    pub min_regions: u64,
+    /// Another pass only if the regions written during the last pass are at most this
+    /// fraction of that pass (the residue shrinks); otherwise writes keep up with the copy
+    /// and the cut is taken.
+    pub shrink: f64,
+}
+
+impl Default for PrecopyOptions {
+    fn default() -> Self {
+        PrecopyOptions {
+            enabled: true,
+            max_passes: 4,
+            min_regions: 8,
+            shrink: 0.5,
+        }
+    }
+}
+
+impl PrecopyOptions {
+    pub fn disabled() -> Self {
+        PrecopyOptions {
+            enabled: false,
+            ..Default::default()
+        }
+    }
+
+    /// Whether to run pre-copy pass number `done + 1`, `pending` regions being dirty now
+    /// and the previous pass (if any) having had `last` regions.
+    pub fn another_pass(&self, done: u32, last: Option<u64>, pending: u64) -> bool {
+        if done >= self.max_passes || pending <= self.min_regions {
+            return false;
+        }
+        match last {
+            None => true,
+            Some(l) => (pending as f64) <= self.shrink * l as f64,
+        }
+    }
+}
+
 /// What one committed cut did: the summary of `bdr sync --once`. Field names are the
 /// JSON schema.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -37,10 +86,11 @@ pub struct CutSummary {
     pub kind: &'static str,
     /// Why a rescan was needed (null for incremental cuts).
     pub rescan_reason: Option<String>,
-    /// Regions shipped.
+    /// Regions shipped (distinct; a region of several passes counts once).
     pub regions: u64,
     /// Regions dirty in the bitmap at the cut.
     pub dirty_regions: u64,
+    /// Chunks sent (pre-copy may send a region more than once).
     pub chunks: u64,
     pub bytes_read: u64,
     pub plain_bytes: u64,
@@ -51,6 +101,16 @@ pub struct CutSummary {
     pub compared_regions: u64,
     pub suspend_ms: f64,
     pub elapsed_ms: f64,
+    /// Pre-copy passes before the cut (0: pre-copy off, not worth it, or a rescan).
+    pub precopy_passes: u32,
+    /// Chunks copied from the live device by the pre-copy passes.
+    pub precopy_regions: u64,
+    /// Regions read from the cut's snapshot (the residue; all of them without pre-copy).
+    pub residue_regions: u64,
+    /// From taking the cut to releasing its snapshot after the replica committed.
+    pub snapshot_ms: f64,
+    /// From the first pre-copy pass (or the cut) to the release: the cut's duration.
+    pub cut_ms: f64,
 }
 
 impl CutSummary {
@@ -60,6 +120,7 @@ impl CutSummary {
         cut: &Cut,
         st: &ShipStats,
         elapsed: Duration,
+        shape: &CutShape,
     ) -> Self {
         CutSummary {
             cut: ids.cut,
@@ -84,8 +145,28 @@ impl CutSummary {
             compared_regions: st.compared,
             suspend_ms: ms(cut.suspend),
             elapsed_ms: ms(elapsed),
+            precopy_passes: shape.precopy_passes,
+            precopy_regions: shape.precopy_regions,
+            residue_regions: shape.residue_regions,
+            snapshot_ms: shape.snapshot_ms,
+            cut_ms: shape.cut_ms,
         }
     }
+}
+
+/// A cut taken and shipped, not yet committed on the primary's side.
+struct Shipped {
+    cut: Cut,
+    stats: ShipStats,
+    rescan: Option<String>,
+    ids: CutIds,
+    /// When the cut was taken (wall clock, for the RPO).
+    taken_ms: u64,
+    /// When `take` started: the snapshot's life starts there.
+    snapshot_t0: Instant,
+    /// When the snapshot was released, if before the commit (pre-copy).
+    snapshot_end: Option<Instant>,
+    precopy_passes: u32,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -157,6 +238,7 @@ pub struct Replicator<'a> {
     status: PrimaryStatus,
     peer: String,
     opts: ShipOptions,
+    precopy: PrecopyOptions,
     conn: Option<(Conn, Instant)>,
 }
 
@@ -192,6 +274,7 @@ impl<'a> Replicator<'a> {
             status,
             peer: peer.to_string(),
             opts,
+            precopy: PrecopyOptions::default(),
             conn: None,
         };
         // Keep the suspend history and counters of earlier runs.
@@ -207,6 +290,11 @@ impl<'a> Replicator<'a> {
 
     pub fn state(&self) -> &PrimaryState {
         &self.state
+    }
+
+    /// Pre-copy settings (default: on).
+    pub fn set_precopy(&mut self, p: PrecopyOptions) {
+        self.precopy = p;
     }
 
     /// Rewrites the status file with `what` as the daemon state.
@@ -311,71 +399,26 @@ impl<'a> Replicator<'a> {
             self.set_state("idle");
             return Ok(Step::InSync);
         }
-        self.set_state("cutting");
-        let taken_ms = now_ms();
-        let cut = tokio::task::block_in_place(|| self.source.take())?;
-        self.status.record_suspend(ms(cut.suspend));
-        if cut.geometry != info.geometry {
-            let (was, now) = (info.geometry, cut.geometry);
-            tokio::task::block_in_place(|| self.source.abort(cut))?;
-            return Err(anyhow!(
-                "the volume's geometry changed under the cut ({was:?} -> {now:?}); \
-                 the replica needs a rescan from a restarted daemon"
-            ));
-        }
-        // The bitmap may have been recreated between info() and take().
-        let rescan = rescan_reason(&self.state, &replica, cut.generation.0);
+        let t_cut = Instant::now();
         let ids = self.conn.as_ref().expect("connected").0.next_cut_ids();
-        self.status.current_cut = Some(ids.cut);
-        self.sample_cow();
-        self.set_state(if rescan.is_some() {
-            "rescanning"
+        let dirty = info.active_regions + info.frozen_regions;
+        let precopy =
+            self.precopy.enabled && pre.is_none() && self.precopy.another_pass(0, None, dirty);
+        let shipped = if precopy {
+            self.precopy_and_ship(ids, &info, stop).await?
         } else {
-            "shipping"
-        });
-        tracing::info!(
-            cut = ids.cut,
-            parent = ?ids.parent,
-            regions = cut.regions.len(),
-            suspend_ms = ms(cut.suspend),
-            rescan = rescan.as_deref().unwrap_or("no"),
-            "cut taken"
-        );
-        let t0 = Instant::now();
-        let shipped = self.ship(&cut, ids, rescan.is_some(), stop).await;
-        self.sample_cow();
-        self.status.current_cut = None;
-        let cow_invalid = self.source.cow_usage().is_some_and(|c| c.invalid);
-        let shipped = if cow_invalid {
-            shipped.and_then(|_| {
-                Err(anyhow!(
-                    "the copy-on-write store overflowed during cut {}: the image may be \
-                     invalid, the next cut rescans; use a larger --cow-size",
-                    ids.cut
-                ))
-            })
-        } else {
-            shipped
+            self.take_and_ship(ids, &info, stop).await?
         };
-        let stats = match shipped {
-            Ok(st) => st,
-            Err(e) => {
-                self.status.cuts_aborted += 1;
-                if cow_invalid {
-                    // The replica may hold a bad image: force a rescan next time.
-                    self.state.last_cut = None;
-                }
-                if let Err(ae) = tokio::task::block_in_place(|| self.source.abort(cut)) {
-                    tracing::error!(
-                        error = %format!("{ae:#}"),
-                        "cannot merge the cut's regions back; they stay frozen and are \
-                         merged back at the next cut"
-                    );
-                }
-                return Err(e);
-            }
-        };
-        let summary = CutSummary::new(ids, rescan, &cut, &stats, t0.elapsed());
+        let Shipped {
+            cut,
+            stats,
+            rescan,
+            ids,
+            taken_ms,
+            snapshot_t0,
+            snapshot_end,
+            precopy_passes,
+        } = shipped;
         // State first: a crash before the ack leaves frozen bits that the next cut merges
         // back and ships again; a crash after it finds the replica at our last cut.
         self.state.last_cut = Some(ids.cut);
@@ -385,8 +428,34 @@ impl<'a> Replicator<'a> {
         self.state.last_cut_committed_unix_ms = Some(now_ms());
         let generation = cut.generation;
         self.dir.save(&self.state)?;
+        let residue_regions = *stats.pass_regions.last().unwrap_or(&0);
+        let shape_of = |cut_done: Instant| CutShape {
+            precopy_passes,
+            precopy_regions: stats.pass_regions.iter().rev().skip(1).sum::<u64>(),
+            residue_regions,
+            snapshot_ms: ms(snapshot_end.unwrap_or(cut_done) - snapshot_t0),
+            cut_ms: ms(cut_done - t_cut),
+        };
+        // Timings are filled in once the snapshot is released.
+        let mut summary = CutSummary::new(
+            ids,
+            rescan,
+            &cut,
+            &stats,
+            Duration::ZERO,
+            &CutShape::default(),
+        );
         tokio::task::block_in_place(|| self.source.commit(cut))
             .with_context(|| format!("acknowledge cut {} in bitmap {generation}", ids.cut))?;
+        let done = Instant::now();
+        let shape = shape_of(done);
+        summary.elapsed_ms = ms(done - t_cut);
+        summary.precopy_passes = shape.precopy_passes;
+        summary.precopy_regions = shape.precopy_regions;
+        summary.residue_regions = shape.residue_regions;
+        summary.snapshot_ms = shape.snapshot_ms;
+        summary.cut_ms = shape.cut_ms;
+        self.status.last_cut_shape = Some(shape);
         if let Some((_, used)) = &mut self.conn {
             *used = Instant::now();
         }
@@ -407,10 +476,278 @@ impl<'a> Replicator<'a> {
             bytes_sent = summary.bytes_sent,
             ratio = format!("{:.2}", summary.compression_ratio),
             suspend_ms = format!("{:.1}", summary.suspend_ms),
-            elapsed_ms = format!("{:.0}", summary.elapsed_ms),
+            precopy_passes = summary.precopy_passes,
+            precopy_regions = summary.precopy_regions,
+            residue_regions = summary.residue_regions,
+            snapshot_ms = format!("{:.0}", summary.snapshot_ms),
+            cut_ms = format!("{:.0}", summary.cut_ms),
             "cut committed"
         );
         Ok(Step::Committed(summary))
+    }
+
+    /// Takes a cut and ships it whole (incremental, or a rescan when [`rescan_reason`] says
+    /// so). On failure the cut is aborted (its regions merged back).
+    async fn take_and_ship(
+        &mut self,
+        ids: CutIds,
+        info: &MapInfo,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Shipped> {
+        let replica = self.conn.as_ref().expect("connected").0.replica().clone();
+        self.set_state("cutting");
+        let taken_ms = now_ms();
+        let snapshot_t0 = Instant::now();
+        let cut = tokio::task::block_in_place(|| self.source.take())?;
+        self.status.record_suspend(ms(cut.suspend));
+        if cut.geometry != info.geometry {
+            let (was, now) = (info.geometry, cut.geometry);
+            tokio::task::block_in_place(|| self.source.abort(cut))?;
+            return Err(geometry_changed(was, now));
+        }
+        // The bitmap may have been recreated between info() and take().
+        let rescan = rescan_reason(&self.state, &replica, cut.generation.0);
+        self.status.current_cut = Some(ids.cut);
+        self.sample_cow();
+        self.set_state(if rescan.is_some() {
+            "rescanning"
+        } else {
+            "shipping"
+        });
+        tracing::info!(
+            cut = ids.cut,
+            parent = ?ids.parent,
+            regions = cut.regions.len(),
+            suspend_ms = ms(cut.suspend),
+            rescan = rescan.as_deref().unwrap_or("no"),
+            "cut taken"
+        );
+        let shipped = self.ship(&cut, ids, rescan.is_some(), stop).await;
+        let stats = self.finish_ship(ids, shipped);
+        match stats {
+            Ok(stats) => Ok(Shipped {
+                cut,
+                stats,
+                rescan,
+                ids,
+                taken_ms,
+                snapshot_t0,
+                snapshot_end: None,
+                precopy_passes: 0,
+            }),
+            Err((e, cow_invalid)) => {
+                self.status.cuts_aborted += 1;
+                if cow_invalid {
+                    // The replica may hold a bad image: force a rescan next time.
+                    self.state.last_cut = None;
+                }
+                if let Err(ae) = tokio::task::block_in_place(|| self.source.abort(cut)) {
+                    tracing::error!(
+                        error = %format!("{ae:#}"),
+                        "cannot merge the cut's regions back; they stay frozen and are \
+                         merged back at the next cut"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// After shipping: the COW store must not have overflowed while the image was read.
+    /// Returns the stats, or the error and whether the COW store overflowed.
+    fn finish_ship(
+        &mut self,
+        ids: CutIds,
+        shipped: Result<ShipStats>,
+    ) -> Result<ShipStats, (anyhow::Error, bool)> {
+        self.sample_cow();
+        self.status.current_cut = None;
+        let cow_invalid = self.source.cow_usage().is_some_and(|c| c.invalid);
+        if cow_invalid {
+            let e = match shipped {
+                Ok(_) => anyhow!(
+                    "the copy-on-write store overflowed during cut {}: the image may be \
+                     invalid, the next cut rescans; use a larger --cow-size",
+                    ids.cut
+                ),
+                Err(e) => e,
+            };
+            return Err((e, true));
+        }
+        shipped.map_err(|e| (e, false))
+    }
+
+    /// Pre-copy, then the cut: pass 1 freezes the dirty regions and copies them from the
+    /// live device inside a new cut (`CutBegin`); further passes copy what was written
+    /// meanwhile while that shrinks; then the cut is taken and only its residue (written
+    /// since the last pass) is read from the snapshot (the last `CutPass`). The replica
+    /// commits the union atomically. On any failure every frozen region is merged back.
+    async fn precopy_and_ship(
+        &mut self,
+        ids: CutIds,
+        info: &MapInfo,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Shipped> {
+        self.set_state("precopy");
+        let first = tokio::task::block_in_place(|| -> Result<_> {
+            let p = self.source.precopy_pass()?;
+            if p.geometry != info.geometry {
+                return Err(geometry_changed(info.geometry, p.geometry));
+            }
+            if p.generation != info.generation {
+                return Err(anyhow!(
+                    "the dirty bitmap was recreated (generation {} -> {}); the next cut rescans",
+                    info.generation,
+                    p.generation
+                ));
+            }
+            Ok((p, self.source.live_image()?))
+        });
+        let (first, live) = match first {
+            Ok(x) => x,
+            Err(e) => {
+                if let Err(ae) = tokio::task::block_in_place(|| self.source.abort_precopy()) {
+                    tracing::error!(error = %format!("{ae:#}"), "cannot merge pre-copy regions back");
+                }
+                return Err(e);
+            }
+        };
+        self.status.current_cut = Some(ids.cut);
+        tracing::info!(
+            cut = ids.cut,
+            regions = first.regions.len(),
+            "pre-copy pass 1: copying from the live device"
+        );
+        let opts = self.precopy.clone();
+        let mut cut_slot: Option<(Cut, u64, Instant)> = None;
+        let mut err_slot: Option<anyhow::Error> = None;
+        let mut passes = 1u32;
+        let mut last = first.regions.len();
+        let mut pass_suspends: Vec<Duration> = Vec::new();
+        let mut released_at: Option<Instant> = None;
+        let res = {
+            let released = &mut released_at;
+            let source = &mut *self.source;
+            let geometry = info.geometry;
+            let cut_slot = &mut cut_slot;
+            let err_slot = &mut err_slot;
+            let pass_suspends = &mut pass_suspends;
+            let passes = &mut passes;
+            let live_next = live.clone();
+            let mut next = move |_st: &ShipStats| -> Result<Option<Pass>, ShipError> {
+                if let Some((cut, _, _)) = cut_slot.as_mut() {
+                    // The residue was read: the snapshot can go before the replica commits
+                    // (the regions stay frozen until then).
+                    return tokio::task::block_in_place(|| source.release_image(cut))
+                        .map(|()| {
+                            *released = Some(Instant::now());
+                            None
+                        })
+                        .map_err(|e| {
+                            let m = format!("{e:#}");
+                            *err_slot = Some(e);
+                            ShipError::Source(m)
+                        });
+                }
+                let r = tokio::task::block_in_place(|| -> Result<Pass> {
+                    let pending = source.precopy_pending()?;
+                    if opts.another_pass(*passes, Some(last), pending) {
+                        let p = source.precopy_pass()?;
+                        *passes += 1;
+                        last = p.regions.len();
+                        pass_suspends.push(p.suspend);
+                        tracing::info!(
+                            pass = *passes,
+                            regions = p.regions.len(),
+                            suspend_ms = ms(p.suspend),
+                            "pre-copy pass"
+                        );
+                        return Ok(Pass {
+                            image: live_next.clone(),
+                            regions: p.regions,
+                        });
+                    }
+                    let taken_ms = now_ms();
+                    let t0 = Instant::now();
+                    let cut = source.take()?;
+                    if cut.geometry != geometry {
+                        let (was, now) = (geometry, cut.geometry);
+                        source.abort(cut)?;
+                        return Err(geometry_changed(was, now));
+                    }
+                    let residue = cut.residue.clone().unwrap_or_else(|| cut.regions.clone());
+                    tracing::info!(
+                        passes = *passes,
+                        residue = residue.len(),
+                        regions = cut.regions.len(),
+                        suspend_ms = ms(cut.suspend),
+                        "cut taken after pre-copy: shipping its residue"
+                    );
+                    let pass = Pass {
+                        image: cut.image.clone(),
+                        regions: residue,
+                    };
+                    *cut_slot = Some((cut, taken_ms, t0));
+                    Ok(pass)
+                });
+                r.map(Some).map_err(|e| {
+                    let m = format!("{e:#}");
+                    *err_slot = Some(e);
+                    ShipError::Source(m)
+                })
+            };
+            let conn = &mut self.conn.as_mut().expect("connected").0;
+            let first_pass = Pass {
+                image: live,
+                regions: first.regions,
+            };
+            let fut = conn.ship_cut_passes(first_pass, ids, CutKind::Incremental, &mut next);
+            guarded(fut, ids, stop).await
+        };
+        for d in &pass_suspends {
+            self.status.record_suspend(ms(*d));
+        }
+        let res = match (res, err_slot) {
+            (Err(_), Some(e)) => Err(e),
+            (r, _) => r.with_context(|| format!("cut {} to {}", ids.cut, self.peer)),
+        };
+        if let Some((cut, _, _)) = &cut_slot {
+            self.status.record_suspend(ms(cut.suspend));
+        }
+        match (self.finish_ship(ids, res), cut_slot) {
+            (Ok(stats), Some((cut, taken_ms, snapshot_t0))) => Ok(Shipped {
+                cut,
+                stats,
+                rescan: None,
+                ids,
+                taken_ms,
+                snapshot_t0,
+                snapshot_end: released_at,
+                precopy_passes: passes,
+            }),
+            (Ok(_), None) => {
+                let _ = tokio::task::block_in_place(|| self.source.abort_precopy());
+                Err(anyhow!("cut {} ended without its residue (bug)", ids.cut))
+            }
+            (Err((e, cow_invalid)), slot) => {
+                self.status.cuts_aborted += 1;
+                if cow_invalid {
+                    self.state.last_cut = None;
+                }
+                let aborted = tokio::task::block_in_place(|| match slot {
+                    Some((cut, _, _)) => self.source.abort(cut),
+                    None => self.source.abort_precopy(),
+                });
+                if let Err(ae) = aborted {
+                    tracing::error!(
+                        error = %format!("{ae:#}"),
+                        "cannot merge the cut's regions back; they stay frozen and are \
+                         merged back at the next cut"
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Ships `cut`; on a stop signal the cut gets [`STOP_GRACE`] to finish.
@@ -433,17 +770,7 @@ impl<'a> Replicator<'a> {
                     .await
             }
         };
-        tokio::pin!(fut);
-        let res = tokio::select! {
-            r = &mut fut => r,
-            _ = stopped(stop.clone()) => {
-                tracing::info!(cut = ids.cut, "stopping: letting the cut in flight finish");
-                match tokio::time::timeout(STOP_GRACE, &mut fut).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(Interrupted.into()),
-                }
-            }
-        };
+        let res = guarded(fut, ids, stop).await;
         res.with_context(|| format!("cut {} to {}", ids.cut, self.peer))
     }
 
@@ -482,6 +809,32 @@ impl<'a> Replicator<'a> {
         }
         self.set_state("stopped");
     }
+}
+
+fn geometry_changed(was: bdr_bitmap::Geometry, now: bdr_bitmap::Geometry) -> anyhow::Error {
+    anyhow!(
+        "the volume's geometry changed under the cut ({was:?} -> {now:?}); \
+         the replica needs a rescan from a restarted daemon"
+    )
+}
+
+/// Runs a ship future; on a stop signal it gets [`STOP_GRACE`] to finish.
+async fn guarded<F>(fut: F, ids: CutIds, stop: &watch::Receiver<bool>) -> Result<ShipStats>
+where
+    F: std::future::Future<Output = Result<ShipStats, ShipError>>,
+{
+    tokio::pin!(fut);
+    let res = tokio::select! {
+        r = &mut fut => r,
+        _ = stopped(stop.clone()) => {
+            tracing::info!(cut = ids.cut, "stopping: letting the cut in flight finish");
+            match tokio::time::timeout(STOP_GRACE, &mut fut).await {
+                Ok(r) => r,
+                Err(_) => return Err(Interrupted.into()),
+            }
+        }
+    };
+    Ok(res?)
 }
 
 #[cfg(test)]

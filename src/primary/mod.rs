@@ -12,3 +12,6 @@ pub mod daemon;
 pub mod engine;
 pub mod progress;
 pub mod source;
+
+#[cfg(test)]
+mod precopy_tests;

@@ -27,7 +27,7 @@ use rkyv::util::AlignedVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol version, in every frame header and in [`Frame::Hello`] / [`Frame::Welcome`].
-pub const PROTO_VERSION: u16 = 1;
+pub const PROTO_VERSION: u16 = 2;
 
 /// The four bytes every frame starts with.
 pub const FRAME_MAGIC: [u8; 4] = *b"BDRF";
@@ -47,6 +47,10 @@ pub const MAX_HASH_BATCH: u32 = 65_536;
 
 /// Largest serialized region-set piece in [`Frame::CutBegin`] / [`Frame::CutRegions`].
 pub const MAX_REGION_PIECE: usize = 4 << 20;
+
+/// Most passes in one cut ([`Frame::CutBegin`] starts the first, each [`Frame::CutPass`]
+/// another).
+pub const MAX_CUT_PASSES: u32 = 64;
 
 /// Largest [`Frame::Error`] message the encoder sends (longer ones are cut).
 pub const MAX_ERROR_MESSAGE: usize = 4096;
@@ -127,9 +131,15 @@ pub enum Frame {
         kind: CutKind,
         regions: Vec<u8>,
     },
-    /// primary → replica: another piece of the region set, only directly after
-    /// `CutBegin` or another `CutRegions`.
+    /// primary → replica: another piece of the region set of the current pass, only
+    /// directly after `CutBegin`, `CutPass` or another `CutRegions`.
     CutRegions { regions: Vec<u8> },
+    /// primary → replica, inside a cut after the previous pass's chunks: a new pass starts,
+    /// with the regions it ships (first piece; more in `CutRegions`). A region shipped in
+    /// an earlier pass of the cut and again in a later one takes the later content
+    /// (pre-copy: earlier passes are read from the live device, the last from the cut's
+    /// snapshot). Added in protocol version 2.
+    CutPass { regions: Vec<u8> },
     /// primary → replica: the content of one region of the cut.
     Chunk {
         offset: u64,
@@ -161,6 +171,7 @@ impl Frame {
             Frame::Welcome { .. } => "Welcome",
             Frame::CutBegin { .. } => "CutBegin",
             Frame::CutRegions { .. } => "CutRegions",
+            Frame::CutPass { .. } => "CutPass",
             Frame::Chunk { .. } => "Chunk",
             Frame::CutEnd { .. } => "CutEnd",
             Frame::Committed { .. } => "Committed",

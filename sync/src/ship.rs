@@ -93,6 +93,17 @@ pub struct ReplicaInfo {
     pub dev_bytes: u64,
 }
 
+/// One pass of a cut: regions and the image they are read from (for pre-copy passes the
+/// live device, for the last pass the cut's frozen image).
+pub struct Pass {
+    pub image: Arc<dyn CutImage>,
+    pub regions: RoaringBitmap,
+}
+
+/// Called after each pass of [`PrimaryConn::ship_cut_passes`] with the counters so far;
+/// returns the next pass, or `None` to end the cut.
+pub type NextPass<'a> = dyn FnMut(&ShipStats) -> Result<Option<Pass>, ShipError> + Send + 'a;
+
 /// Counters of one ship, rescan or verify.
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
 pub struct ShipStats {
@@ -110,6 +121,9 @@ pub struct ShipStats {
     pub bytes_sent: u64,
     /// Regions whose hashes were compared (rescan, verify).
     pub compared: u64,
+    /// Regions of each pass of the cut, in order (one pass unless pre-copy ran; the last
+    /// pass is the cut's residue, read from its image).
+    pub pass_regions: Vec<u64>,
     /// Regions found different (rescan, verify).
     pub differing: u64,
     pub elapsed: Duration,
@@ -153,6 +167,8 @@ pub enum ShipError {
     },
     #[error("{0}")]
     Input(String),
+    #[error("{0}")]
+    Source(String),
     #[error("a chunk worker failed: {0}")]
     Worker(String),
     #[error("the connection broke earlier; reconnect")]
@@ -371,19 +387,39 @@ where
         ids: CutIds,
         kind: CutKind,
     ) -> Result<ShipStats, ShipError> {
-        self.ship_inner(image, regions, ids, kind, None).await
+        let first = Pass {
+            image,
+            regions: regions.clone(),
+        };
+        self.ship_inner(first, ids, kind, None, None).await
+    }
+
+    /// Ships one cut in several passes (pre-copy): `first` in the `CutBegin`, then, after
+    /// each pass's chunks were read and sent (the pass and its image dropped), `next` is
+    /// called with the counters so far and returns the next pass (announced with
+    /// `CutPass`) or `None` to end the cut (`CutEnd`, then wait for `Committed`). A region in several passes ends with its content of the last one.
+    /// `next` runs on the task that ships (it may block: wrap blocking work in
+    /// `block_in_place` on a multi-threaded runtime); an error from it aborts the cut.
+    pub async fn ship_cut_passes(
+        &mut self,
+        first: Pass,
+        ids: CutIds,
+        kind: CutKind,
+        next: &mut NextPass<'_>,
+    ) -> Result<ShipStats, ShipError> {
+        self.ship_inner(first, ids, kind, None, Some(next)).await
     }
 
     async fn ship_inner(
         &mut self,
-        image: Arc<dyn CutImage>,
-        regions: &RoaringBitmap,
+        first: Pass,
         ids: CutIds,
         kind: CutKind,
         progress: Option<&mut (dyn FnMut(Progress) + Send)>,
+        mut next: Option<&mut NextPass<'_>>,
     ) -> Result<ShipStats, ShipError> {
-        self.check_usable(&*image)?;
-        chunk::check_regions(regions, &self.geometry)
+        self.check_usable(&*first.image)?;
+        chunk::check_regions(&first.regions, &self.geometry)
             .map_err(|e| ShipError::Input(e.to_string()))?;
         self.broken = true; // until the cut is committed
         let t0 = Instant::now();
@@ -391,59 +427,87 @@ where
         let g = self.geometry;
         let level = self.opts.zstd_level;
         let in_flight = self.opts.in_flight.max(1);
-        let total = regions.len();
         let commit_timeout = self.opts.commit_timeout;
         let outcome = {
             let reader = &mut self.reader;
             let writer = &mut self.writer;
             let send = async {
-                let mut st = ShipStats {
-                    regions: total,
-                    ..ShipStats::default()
-                };
-                let mut pieces = chunk::region_pieces(regions).into_iter();
-                let first = pieces.next().unwrap_or_default();
-                writer
-                    .write_frame(&Frame::CutBegin {
-                        cut: ids.cut,
-                        parent: ids.parent,
-                        kind,
-                        regions: first,
-                    })
-                    .await?;
-                for p in pieces {
-                    writer
-                        .write_frame(&Frame::CutRegions { regions: p })
-                        .await?;
-                }
+                let mut st = ShipStats::default();
+                let mut union = RoaringBitmap::new();
                 let mut progress = progress;
-                let mut plan = chunk::plan_chunks(regions, &g);
-                let mut pending = VecDeque::with_capacity(in_flight);
+                let mut pass = first;
                 loop {
-                    while pending.len() < in_flight {
-                        let Some(spec) = plan.next() else { break };
-                        let img = image.clone();
-                        pending.push_back((
-                            spec,
-                            tokio::task::spawn_blocking(move || build_chunk(&*img, spec, level)),
-                        ));
-                    }
-                    let Some((spec, h)) = pending.pop_front() else {
-                        break;
+                    let total = pass.regions.len();
+                    let mut pieces = chunk::region_pieces(&pass.regions).into_iter();
+                    let first_piece = pieces.next().unwrap_or_default();
+                    let announce = if st.pass_regions.is_empty() {
+                        Frame::CutBegin {
+                            cut: ids.cut,
+                            parent: ids.parent,
+                            kind,
+                            regions: first_piece,
+                        }
+                    } else {
+                        Frame::CutPass {
+                            regions: first_piece,
+                        }
                     };
-                    let (bytes, compressed) =
-                        h.await.map_err(|e| ShipError::Worker(e.to_string()))??;
-                    writer.write_encoded(bytes.as_bytes()).await?;
-                    st.chunks += 1;
-                    st.compressed_chunks += u64::from(compressed);
-                    st.bytes_read += u64::from(spec.len);
-                    st.plain_bytes += u64::from(spec.len);
-                    if let Some(p) = progress.as_mut() {
-                        p(Progress::Shipping {
-                            done: st.chunks,
-                            total,
-                        });
+                    writer.write_frame(&announce).await?;
+                    for p in pieces {
+                        writer
+                            .write_frame(&Frame::CutRegions { regions: p })
+                            .await?;
                     }
+                    let mut plan = chunk::plan_chunks(&pass.regions, &g);
+                    let mut pending = VecDeque::with_capacity(in_flight);
+                    let mut done = 0u64;
+                    loop {
+                        while pending.len() < in_flight {
+                            let Some(spec) = plan.next() else { break };
+                            let img = pass.image.clone();
+                            pending.push_back((
+                                spec,
+                                tokio::task::spawn_blocking(move || {
+                                    build_chunk(&*img, spec, level)
+                                }),
+                            ));
+                        }
+                        let Some((spec, h)) = pending.pop_front() else {
+                            break;
+                        };
+                        let (bytes, compressed) =
+                            h.await.map_err(|e| ShipError::Worker(e.to_string()))??;
+                        writer.write_encoded(bytes.as_bytes()).await?;
+                        st.chunks += 1;
+                        done += 1;
+                        st.compressed_chunks += u64::from(compressed);
+                        st.bytes_read += u64::from(spec.len);
+                        st.plain_bytes += u64::from(spec.len);
+                        if let Some(p) = progress.as_mut() {
+                            p(Progress::Shipping { done, total });
+                        }
+                    }
+                    drop(plan);
+                    union |= &pass.regions;
+                    st.regions = union.len();
+                    st.pass_regions.push(total);
+                    // Every chunk of the pass was read: its image is no longer needed here
+                    // (`next` may release it, e.g. a snapshot, before the replica commits).
+                    drop(pass);
+                    let Some(next) = next.as_mut() else { break };
+                    writer.flush().await?;
+                    let Some(p) = next(&st)? else { break };
+                    if p.image.len() < g.dev_bytes() {
+                        return Err(ShipError::Input(format!(
+                            "the image of pass {} has {} bytes, the volume {}",
+                            st.pass_regions.len() + 1,
+                            p.image.len(),
+                            g.dev_bytes()
+                        )));
+                    }
+                    chunk::check_regions(&p.regions, &g)
+                        .map_err(|e| ShipError::Input(e.to_string()))?;
+                    pass = p;
                 }
                 writer
                     .write_frame(&Frame::CutEnd {
@@ -606,10 +670,15 @@ where
         let t0 = Instant::now();
         let mut stats = ShipStats::default();
         let diff = self.diff(&image, &mut stats, progress).await?;
+        let first = Pass {
+            image,
+            regions: diff,
+        };
         let shipped = self
-            .ship_inner(image, &diff, ids, CutKind::Rescan, Some(progress))
+            .ship_inner(first, ids, CutKind::Rescan, Some(progress), None)
             .await?;
         stats.regions = shipped.regions;
+        stats.pass_regions = shipped.pass_regions;
         stats.chunks = shipped.chunks;
         stats.compressed_chunks = shipped.compressed_chunks;
         stats.bytes_read += shipped.bytes_read;

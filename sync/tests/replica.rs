@@ -349,7 +349,7 @@ fn counts_order_and_unexpected_frames() {
         bytes: 2 * 65536,
     }));
     assert_eq!(code, ErrorCode::Protocol);
-    assert!(msg.contains("3 regions"), "{msg}");
+    assert!(msg.contains("2 of its 3 chunks"), "{msg}");
     assert_still_at_cut_1(&fx, s, &cut1);
     let _ = fs::remove_dir_all(fx.state_dir());
 
@@ -787,4 +787,240 @@ fn region_set_in_several_pieces() {
     }
     let (code, _) = err_code(feed(&mut s, frames));
     assert_eq!(code, ErrorCode::OutOfRange);
+}
+
+/// Writes fresh random data over each region of `set` of the source; returns the new image.
+fn rewrite_regions(fx: &Fixture, rng: &mut Rng, set: &RoaringBitmap) -> Vec<u8> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(fx.source())
+        .unwrap();
+    for r in set {
+        let br = fx.g.region_byte_range(r.into());
+        let mut d = vec![0u8; (br.end - br.start) as usize];
+        rng.fill(&mut d);
+        f.write_all_at_(&d, br.start);
+    }
+    fx.source_bytes()
+}
+
+fn set(v: &[u32]) -> RoaringBitmap {
+    v.iter().copied().collect()
+}
+
+/// A cut in three passes (pre-copy): regions copied in an early pass from an older image
+/// and shipped again later end with the later content; the committed device is exactly
+/// the last image. Torn data in an early pass (garbage) is overwritten too.
+#[test]
+fn passes_later_chunk_of_a_region_wins() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(21);
+    let mut s = seeded(&fx, &mut rng);
+    let p1 = set(&[0, 2, 3, 5, 8]);
+    let mut a = rewrite_regions(&fx, &mut rng, &p1);
+    // Region 3 was torn while pass 1 read it: garbage in the copy.
+    let br = fx.g.region_byte_range(3);
+    rng.fill(&mut a[br.start as usize..(br.start + 100) as usize]);
+    let p2 = set(&[3, 5, 6]);
+    let b = rewrite_regions(&fx, &mut rng, &p2);
+    let p3 = set(&[5]);
+    let c = rewrite_regions(&fx, &mut rng, &p3);
+    let frames = pass_frames(&[(&a, &p1), (&b, &p2), (&c, &p3)], &fx.g, 2, Some(1));
+    assert_eq!(
+        frames
+            .iter()
+            .filter(|f| matches!(f, Frame::CutPass { .. }))
+            .count(),
+        2
+    );
+    let r = feed(&mut s, frames).unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 2 }]);
+    assert_same(&fx.device_bytes(), &c, "after the 3-pass cut");
+    // Empty later passes are fine; the next cut goes on from there.
+    let p4 = set(&[1]);
+    let d = rewrite_regions(&fx, &mut rng, &p4);
+    let empty = RoaringBitmap::new();
+    let r = feed(
+        &mut s,
+        pass_frames(&[(&d, &p4), (&d, &empty)], &fx.g, 3, Some(2)),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 3 }]);
+    assert_same(&fx.device_bytes(), &d, "after cut 3");
+}
+
+/// Pass rules: a pass must be complete before the next starts and before CutEnd; chunks of
+/// a pass must be in that pass's set, in increasing order within the pass; CutRegions only
+/// before a pass's first chunk; CutPass only inside a cut. Each refusal leaves cut 1.
+#[test]
+fn pass_rules_are_enforced() {
+    let fx = Fixture::new(8);
+    let mut rng = Rng(22);
+    let p1 = set(&[1, 4]);
+    let p2 = set(&[2, 4]);
+
+    // CutPass before pass 1 is complete.
+    let mut s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    let img = rewrite_regions(&fx, &mut rng, &set(&[1, 2, 4]));
+    let f = pass_frames(&[(&img, &p1), (&img, &p2)], &fx.g, 2, Some(1));
+    // f: CutBegin, chunk 1, chunk 4, CutPass, chunk 2, chunk 4, CutEnd
+    assert!(matches!(f[3], Frame::CutPass { .. }));
+    s.on_frame(f[0].clone()).unwrap();
+    s.on_frame(f[1].clone()).unwrap();
+    let (code, msg) = err_code(s.on_frame(f[3].clone()));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(
+        msg.contains("pass 1 of cut 2 ended after 1 of its 2"),
+        "{msg}"
+    );
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+
+    // A chunk of pass 1's set that pass 2 does not announce.
+    let mut s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    let img = rewrite_regions(&fx, &mut rng, &set(&[1, 2, 4]));
+    let f = pass_frames(&[(&img, &p1), (&img, &p2)], &fx.g, 2, Some(1));
+    feed(&mut s, f[..4].to_vec()).unwrap();
+    let (code, msg) = err_code(s.on_frame(f[1].clone()));
+    assert_eq!(code, ErrorCode::OutOfRange);
+    assert!(msg.contains("pass 2 of cut 2"), "{msg}");
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+
+    // A chunk repeated within a pass; CutRegions after a pass's first chunk.
+    let mut s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    let img = rewrite_regions(&fx, &mut rng, &set(&[1, 2, 4]));
+    let f = pass_frames(&[(&img, &p1), (&img, &p2)], &fx.g, 2, Some(1));
+    feed(&mut s, f[..5].to_vec()).unwrap();
+    let (code, _) = err_code(s.on_frame(f[4].clone()));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+    let mut s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    feed(&mut s, f[..5].to_vec()).unwrap();
+    let (code, msg) = err_code(s.on_frame(Frame::CutRegions {
+        regions: bdr_sync::chunk::region_pieces(&set(&[7])).remove(0),
+    }));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("after the first chunk of pass 2"), "{msg}");
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+
+    // CutEnd before the last pass is complete; CutEnd counting only one pass.
+    let mut s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    let img = rewrite_regions(&fx, &mut rng, &set(&[1, 2, 4]));
+    let f = pass_frames(&[(&img, &p1), (&img, &p2)], &fx.g, 2, Some(1));
+    feed(&mut s, f[..5].to_vec()).unwrap();
+    let (code, msg) = err_code(s.on_frame(f[6].clone()));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(
+        msg.contains("pass 2 of cut 2 ended after 1 of its 2"),
+        "{msg}"
+    );
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+    let mut s = seeded(&fx, &mut rng);
+    let cut1 = fx.device_bytes();
+    feed(&mut s, f[..6].to_vec()).unwrap();
+    let (code, msg) = err_code(s.on_frame(Frame::CutEnd {
+        cut: 2,
+        chunks: 2,
+        bytes: 2 * 65536,
+    }));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("4 chunks"), "{msg}");
+    assert_still_at_cut_1(&fx, s, &cut1);
+    let _ = fs::remove_dir_all(fx.state_dir());
+
+    // CutPass between cuts.
+    let mut s = seeded(&fx, &mut rng);
+    let (code, msg) = err_code(s.on_frame(Frame::CutPass {
+        regions: bdr_sync::chunk::region_pieces(&p1).remove(0),
+    }));
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("CutPass frame between cuts"), "{msg}");
+}
+
+/// A crash after every commit step of a 3-pass cut (regions repeated across passes, the
+/// journal grown at each pass) leaves, after recovery, exactly cut 1 or cut 2.
+#[test]
+fn crash_at_every_step_of_a_multi_pass_cut() {
+    let p1 = set(&[0, 2, 3, 6]);
+    let p2 = set(&[2, 5]);
+    let p3 = set(&[2, 3]);
+    let total = p1.len() + p2.len() + p3.len();
+    for step in CommitStep::all(total) {
+        let fx = Fixture::new(6);
+        let mut rng = Rng(200);
+        let s = seeded(&fx, &mut rng);
+        let cut1 = fx.device_bytes();
+        let a = rewrite_regions(&fx, &mut rng, &p1);
+        let b = rewrite_regions(&fx, &mut rng, &p2);
+        let c = rewrite_regions(&fx, &mut rng, &p3);
+        let mut store = s.into_store();
+        store.set_crash_point(Some(step));
+        let mut s = ReplicaSession::new(store);
+        s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+        let e = feed(
+            &mut s,
+            pass_frames(&[(&a, &p1), (&b, &p2), (&c, &p3)], &fx.g, 2, Some(1)),
+        )
+        .expect_err("the crash must stop the commit");
+        assert!(e.message.contains("injected crash"), "{step:?}: {e}");
+        drop(s);
+        let store = open(&fx);
+        let (want, cut) = if step.is_durable() {
+            (&c, 2)
+        } else {
+            (&cut1, 1)
+        };
+        assert_eq!(store.state().unwrap().last_cut, cut, "{step:?}");
+        assert_same(&fx.device_bytes(), want, &format!("crash after {step:?}"));
+        assert!(!fx.state_dir().join("journal").exists());
+    }
+}
+
+/// A later pass that does not fit the state dir is refused with NoSpace when it starts;
+/// the journal is removed and the replica stays at its last cut.
+#[test]
+fn pass_that_does_not_fit_is_refused_with_no_space() {
+    let fx = Fixture::new(40);
+    let mut rng = Rng(23);
+    fx.create(&mut rng, 0);
+    let dir = fx.state_dir();
+    if !mount_small_tmpfs(&dir) {
+        eprintln!(
+            "SKIPPED pass_that_does_not_fit_is_refused_with_no_space: cannot mount a tmpfs (not root?)"
+        );
+        return;
+    }
+    let _guard = Unmount(&dir);
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let src = fx.source_bytes();
+    let all = all_regions(&fx.g);
+    let r = feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &all, 1, None, CutKind::Rescan),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
+    let cut1 = fx.device_bytes();
+    let small = set(&[1, 2]);
+    let img = rewrite_regions(&fx, &mut rng, &all);
+    let e = feed(
+        &mut s,
+        pass_frames(&[(&img, &small), (&img, &all)], &fx.g, 2, Some(1)),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NoSpace, "{}", e.message);
+    let store = s.into_store();
+    assert_eq!(store.state().unwrap().last_cut, 1);
+    assert!(!dir.join("journal").exists(), "partial journal left behind");
+    assert_same(&fx.device_bytes(), &cut1, "after the refused cut");
 }

@@ -7,7 +7,9 @@ use roaring::RoaringBitmap;
 use super::state::volume_hex;
 use super::{CutHeader, ReplicaStore, StoreError};
 use crate::chunk::{self, ChunkError};
-use crate::frame::{CutKind, ErrorCode, Frame, MAX_HASH_BATCH, MAX_REGION_BYTES, PROTO_VERSION};
+use crate::frame::{
+    CutKind, ErrorCode, Frame, MAX_CUT_PASSES, MAX_HASH_BATCH, MAX_REGION_BYTES, PROTO_VERSION,
+};
 
 /// Why the session ended. `code` and `message` go to the primary in a [`Frame::Error`].
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
@@ -53,12 +55,22 @@ struct Cut {
     cut: u64,
     parent: Option<u64>,
     kind: CutKind,
-    regions: RoaringBitmap,
-    /// The journal is opened at the first Chunk or CutEnd, once the region set is complete.
-    journal_open: bool,
+    /// The regions of the current pass (the first pass: `CutBegin`'s set).
+    pass: RoaringBitmap,
+    /// Passes so far (1 after `CutBegin`, +1 per `CutPass`).
+    passes: u32,
+    /// Chunks received in the current pass.
+    pass_chunks: u64,
+    /// Chunks the cut's passes announced so far (the sum of their set sizes).
+    expected: u64,
+    /// Chunk records the journal was sized for. The journal is opened at the first Chunk
+    /// or CutEnd, once the first pass's region set is complete, and grown at the first
+    /// Chunk of each later pass.
+    reserved: Option<u64>,
     chunks: u64,
     bytes: u64,
-    /// Offset after which the next chunk must start (chunks come in increasing offset).
+    /// Offset after which the next chunk must start (chunks come in increasing offset
+    /// within a pass).
     next_min: u64,
 }
 
@@ -196,15 +208,34 @@ impl ReplicaSession {
                 },
             ) => self.cut_begin(peer, cut, parent, kind, &regions),
             (Phase::InCut(peer, mut c), Frame::CutRegions { regions }) => {
-                if c.journal_open {
+                if c.pass_chunks > 0 {
                     return Err(proto(format!(
-                        "CutRegions after the first chunk of cut {}",
-                        c.cut
+                        "CutRegions after the first chunk of pass {} of cut {}",
+                        c.passes, c.cut
                     )));
                 }
                 let piece = parse_regions(&regions)?;
                 check_in_volume(&piece, &peer.geometry)?;
-                c.regions |= piece;
+                c.expected -= c.pass.len();
+                c.pass |= piece;
+                c.expected += c.pass.len();
+                Ok((Phase::InCut(peer, c), vec![]))
+            }
+            (Phase::InCut(peer, mut c), Frame::CutPass { regions }) => {
+                check_pass_complete(&c)?;
+                if c.passes >= MAX_CUT_PASSES {
+                    return Err(proto(format!(
+                        "cut {} has more than {MAX_CUT_PASSES} passes",
+                        c.cut
+                    )));
+                }
+                let set = parse_regions(&regions)?;
+                check_in_volume(&set, &peer.geometry)?;
+                c.expected += set.len();
+                c.pass = set;
+                c.passes += 1;
+                c.pass_chunks = 0;
+                c.next_min = 0;
                 Ok((Phase::InCut(peer, c), vec![]))
             }
             (
@@ -226,13 +257,12 @@ impl ReplicaSession {
                     return Err(proto(format!("CutEnd of cut {cut} inside cut {}", c.cut)));
                 }
                 self.open_journal(&peer, &mut c)?;
-                if chunks != c.chunks || bytes != c.bytes || c.chunks != c.regions.len() {
+                check_pass_complete(&c)?;
+                if chunks != c.chunks || bytes != c.bytes || c.chunks != c.expected {
                     return Err(proto(format!(
                         "cut {cut} ends claiming {chunks} chunks / {bytes} bytes, but {} chunks / \
-                         {} bytes were received for {} regions: the cut is discarded",
-                        c.chunks,
-                        c.bytes,
-                        c.regions.len()
+                         {} bytes were received for {} announced: the cut is discarded",
+                        c.chunks, c.bytes, c.expected
                     )));
                 }
                 let report = self.store.commit_cut(cut)?;
@@ -358,8 +388,11 @@ impl ReplicaSession {
             cut,
             parent,
             kind,
-            regions: set,
-            journal_open: false,
+            expected: set.len(),
+            pass: set,
+            passes: 1,
+            pass_chunks: 0,
+            reserved: None,
             chunks: 0,
             bytes: 0,
             next_min: 0,
@@ -367,8 +400,16 @@ impl ReplicaSession {
         Ok((Phase::InCut(peer, Box::new(c)), vec![]))
     }
 
+    /// Opens the cut's journal sized for the chunks announced so far, or grows it when a
+    /// later pass announced more.
     fn open_journal(&mut self, peer: &Peer, c: &mut Cut) -> Result<(), SessionError> {
-        if c.journal_open {
+        let region_bytes = peer.geometry.region_bytes() as u32;
+        if let Some(reserved) = c.reserved {
+            if c.expected > reserved {
+                let more = ReplicaStore::journal_bytes_for(c.expected - reserved, region_bytes);
+                self.store.grow_cut(more)?;
+                c.reserved = Some(c.expected);
+            }
             return Ok(());
         }
         let header = CutHeader {
@@ -379,9 +420,9 @@ impl ReplicaSession {
             region_bytes: peer.geometry.region_bytes() as u32,
             kind: c.kind,
         };
-        let needed = ReplicaStore::journal_bytes_for(c.regions.len(), header.region_bytes);
+        let needed = ReplicaStore::journal_bytes_for(c.expected, header.region_bytes);
         self.store.begin_cut(header, needed)?;
-        c.journal_open = true;
+        c.reserved = Some(c.expected);
         Ok(())
     }
 
@@ -413,10 +454,11 @@ impl ReplicaSession {
                 g.dev_bytes()
             )));
         };
-        if u32::try_from(region).map_or(true, |r| !c.regions.contains(r)) {
+        if u32::try_from(region).map_or(true, |r| !c.pass.contains(r)) {
             return Err(oor(format!(
-                "chunk at offset {offset} (region {region}) is not in cut {}'s region set",
-                c.cut
+                "chunk at offset {offset} (region {region}) is not in the region set of pass {} \
+                 of cut {}",
+                c.passes, c.cut
             )));
         }
         if len != spec.len {
@@ -457,10 +499,25 @@ impl ReplicaSession {
         }
         self.store.append_chunk(offset, &plain, &hash)?;
         c.chunks += 1;
+        c.pass_chunks += 1;
         c.bytes += u64::from(len);
         c.next_min = offset + u64::from(len);
         Ok(())
     }
+}
+
+/// Every region of the current pass has its chunk (before `CutPass` or `CutEnd`).
+fn check_pass_complete(c: &Cut) -> Result<(), SessionError> {
+    if c.pass_chunks != c.pass.len() {
+        return Err(proto(format!(
+            "pass {} of cut {} ended after {} of its {} chunks: the cut is discarded",
+            c.passes,
+            c.cut,
+            c.pass_chunks,
+            c.pass.len()
+        )));
+    }
+    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {

@@ -434,6 +434,27 @@ impl ReplicaStore {
         Ok(())
     }
 
+    /// Reserves `more` bytes of chunk records in the open cut's journal, for a later pass
+    /// of the cut (pre-copy). Fails with [`StoreError::NoSpace`] (and discards the cut) if
+    /// the state dir cannot hold them. Nothing to do for a seed (no journal).
+    pub fn grow_cut(&mut self, more: u64) -> Result<(), StoreError> {
+        self.check_alive()?;
+        if self.seed.is_some() {
+            return Ok(());
+        }
+        let oc = self
+            .open_cut
+            .as_mut()
+            .ok_or_else(|| StoreError::Usage("grow_cut without begin_cut".into()))?;
+        let total = oc.needed.saturating_add(more);
+        let res = preallocate(oc.writer.out.get_ref(), total);
+        oc.needed = total;
+        if let Err(e) = res {
+            return Err(self.fail_cut("grow", e));
+        }
+        Ok(())
+    }
+
     /// Appends a verified, decompressed chunk to the open cut's journal.
     pub fn append_chunk(
         &mut self,

@@ -163,3 +163,40 @@ pub fn assert_same(a: &[u8], b: &[u8], what: &str) {
         );
     }
 }
+
+/// Every frame of a cut shipped in passes (pre-copy): pass `i` ships the regions
+/// `passes[i].1` read from image `passes[i].0`; CutBegin, then CutPass before each later
+/// pass, then CutEnd counting every chunk.
+pub fn pass_frames(
+    passes: &[(&[u8], &RoaringBitmap)],
+    g: &Geometry,
+    cut: u64,
+    parent: Option<u64>,
+) -> Vec<Frame> {
+    let mut v = Vec::new();
+    let mut bytes = 0;
+    let mut chunks = 0;
+    for (i, (image, regions)) in passes.iter().enumerate() {
+        let mut pieces = chunk::region_pieces(regions).into_iter();
+        let first = pieces.next().unwrap_or_default();
+        v.push(if i == 0 {
+            Frame::CutBegin {
+                cut,
+                parent,
+                kind: CutKind::Incremental,
+                regions: first,
+            }
+        } else {
+            Frame::CutPass { regions: first }
+        });
+        v.extend(pieces.map(|p| Frame::CutRegions { regions: p }));
+        for spec in plan_chunks(regions, g) {
+            let d = &image[spec.offset as usize..(spec.offset + u64::from(spec.len)) as usize];
+            v.push(chunk::encode_chunk(spec.offset, d, 1));
+            bytes += u64::from(spec.len);
+            chunks += 1;
+        }
+    }
+    v.push(Frame::CutEnd { cut, chunks, bytes });
+    v
+}
