@@ -759,14 +759,33 @@ impl<'a> Replicator<'a> {
         stop: &watch::Receiver<bool>,
     ) -> Result<ShipStats> {
         let conn = &mut self.conn.as_mut().expect("connected").0;
+        let source = &mut *self.source;
         let image: Arc<dyn CutImage> = cut.image.clone();
         let mut reporter = Reporter::new("rescan");
         let mut progress = |p| reporter.update(p);
+        // Invariant: `CutEnd` (after which the replica commits) is sent only if the COW
+        // store did not overflow while the image was read; an invalidated snapshot reads
+        // back garbage, and a replica must never commit that.
+        let mut check_cow = move |_: &ShipStats| -> Result<Option<Pass>, ShipError> {
+            match source.cow_usage() {
+                Some(c) if c.invalid => Err(ShipError::Source(
+                    "the copy-on-write store overflowed while the cut was read: its image \
+                     is invalid, the cut is not committed; use a larger --cow-size"
+                        .into(),
+                )),
+                _ => Ok(None),
+            }
+        };
         let fut = async {
             if rescan {
-                conn.ship_rescan(image, ids, &mut progress).await
+                conn.ship_rescan_checked(image, ids, &mut progress, Some(&mut check_cow))
+                    .await
             } else {
-                conn.ship_cut(image, &cut.regions, ids, CutKind::Incremental)
+                let first = Pass {
+                    image,
+                    regions: cut.regions.clone(),
+                };
+                conn.ship_cut_passes(first, ids, CutKind::Incremental, &mut check_cow)
                     .await
             }
         };

@@ -87,6 +87,8 @@ enum Fail {
     Take,
     /// Reading the cut's image (the residue) fails mid-ship.
     Residue,
+    /// The COW store overflows while the cut is live (the snapshot becomes invalid).
+    CowOverflow,
 }
 
 struct FailingImage(Arc<dyn CutImage>);
@@ -109,6 +111,8 @@ struct Racy {
     passes: u32,
     /// Images released before the commit.
     released: u64,
+    /// A cut is live (taken, not yet committed, aborted or released).
+    live: bool,
 }
 
 impl CutSource for Racy {
@@ -126,21 +130,33 @@ impl CutSource for Racy {
         if self.fail == Some(Fail::Residue) {
             cut.image = Arc::new(FailingImage(cut.image.clone()));
         }
+        self.live = true;
         Ok(cut)
     }
     fn commit(&mut self, cut: Cut) -> Result<()> {
         self.passes = 0;
+        self.live = false;
         self.inner.commit(cut)
     }
     fn abort(&mut self, cut: Cut) -> Result<()> {
         self.passes = 0;
+        self.live = false;
         self.inner.abort(cut)
     }
     fn cow_usage(&self) -> Option<CowUsage> {
-        None
+        // As dm-snapshot reports it: an overflowed snapshot is invalid until removed.
+        (self.live && self.fail == Some(Fail::CowOverflow)).then_some(CowUsage {
+            used_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+            invalid: true,
+        })
     }
     fn release_image(&mut self, cut: &mut Cut) -> Result<()> {
+        if self.cow_usage().is_some_and(|c| c.invalid) {
+            return Err(anyhow!("injected: the COW store overflowed"));
+        }
         self.released += 1;
+        self.live = false;
         self.inner.release_image(cut)
     }
     fn precopy_pass(&mut self) -> Result<PrecopyPass> {
@@ -222,6 +238,7 @@ impl Lab {
             fail: None,
             passes: 0,
             released: 0,
+            live: false,
         }
     }
 
@@ -447,5 +464,89 @@ async fn failures_mid_precopy_or_mid_residue_lose_nothing() {
         last = lab.replica_bytes();
         let info = src.info().unwrap();
         assert_eq!((info.active_regions, info.frozen_regions), (0, 0));
+    }
+}
+
+/// The COW store overflows while a cut is read, with and without pre-copy, for an
+/// incremental cut and for a rescan: `CutEnd` is never sent, so the replica never commits
+/// the (invalid) image and stays at its last cut; every region is merged back and the next
+/// cut catches up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cow_overflow_never_lets_the_replica_commit_the_cut() {
+    let lab = Lab::new(11);
+    let addr = lab.replica().await;
+    let (_tx, stop) = watch::channel(false);
+    let mut src = lab.source(None, 1);
+    let w = StandInWriter::open(&lab.dev, &lab.map).unwrap();
+    let mut rng = Rng(5);
+    async fn step(
+        lab: &Lab,
+        addr: &str,
+        stop: &watch::Receiver<bool>,
+        src: &mut Racy,
+        fail: Option<Fail>,
+        precopy: bool,
+    ) -> Result<Step> {
+        src.fail = fail;
+        let dir = StateDir::open_locked(&lab.pstate).unwrap();
+        let mut rep = Replicator::new(src, dir, addr, "test", ShipOptions::default()).unwrap();
+        rep.set_precopy(PrecopyOptions {
+            enabled: precopy,
+            ..precopy_opts()
+        });
+        let r = rep.step(false, stop).await;
+        rep.finish().await;
+        r
+    }
+    // The seed is a rescan: an overflow there must not commit either.
+    let e = step(&lab, &addr, &stop, &mut src, Some(Fail::CowOverflow), false)
+        .await
+        .expect_err("overflow during the seed");
+    assert!(format!("{e:#}").contains("overflow"), "{e:#}");
+    assert!(!lab.rstate.join("state").exists(), "the seed was committed");
+    step(&lab, &addr, &stop, &mut src, None, false)
+        .await
+        .unwrap();
+    let mut last = lab.replica_bytes();
+    for precopy in [false, true] {
+        let before = lab.replica_last_cut();
+        for _ in 0..20 {
+            let off = (rng.next() % (DEV / 4096 - 4)) * 4096;
+            let mut d = vec![0u8; 16384];
+            rng.fill(&mut d);
+            w.write(off, &d).unwrap();
+        }
+        let e = step(
+            &lab,
+            &addr,
+            &stop,
+            &mut src,
+            Some(Fail::CowOverflow),
+            precopy,
+        )
+        .await
+        .expect_err("overflow");
+        assert!(format!("{e:#}").contains("overflow"), "{e:#}");
+        assert_eq!(
+            lab.replica_last_cut(),
+            before,
+            "precopy {precopy}: committed"
+        );
+        assert_same(&lab.replica_bytes(), &last, "replica after the overflow");
+        let info = src.info().unwrap();
+        assert_eq!(info.frozen_regions, 0, "frozen bits left");
+        assert!(info.active_regions > 0, "bits lost");
+        let Step::Committed(_) = step(&lab, &addr, &stop, &mut src, None, precopy)
+            .await
+            .unwrap()
+        else {
+            panic!("no cut")
+        };
+        assert_same(
+            &lab.replica_bytes(),
+            src.images.lock().unwrap().last().unwrap(),
+            "catch-up after the overflow",
+        );
+        last = lab.replica_bytes();
     }
 }

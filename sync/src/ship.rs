@@ -667,6 +667,19 @@ where
         ids: CutIds,
         progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<ShipStats, ShipError> {
+        self.ship_rescan_checked(image, ids, progress, None).await
+    }
+
+    /// [`Self::ship_rescan`] with `next` called once all chunks are sent and before
+    /// `CutEnd`: it may add passes, or refuse to end the cut (an error: the replica never
+    /// commits it) when the image turned out invalid while it was read.
+    pub async fn ship_rescan_checked(
+        &mut self,
+        image: Arc<dyn CutImage>,
+        ids: CutIds,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        next: Option<&mut NextPass<'_>>,
+    ) -> Result<ShipStats, ShipError> {
         let t0 = Instant::now();
         let mut stats = ShipStats::default();
         let diff = self.diff(&image, &mut stats, progress).await?;
@@ -675,7 +688,7 @@ where
             regions: diff,
         };
         let shipped = self
-            .ship_inner(first, ids, CutKind::Rescan, Some(progress), None)
+            .ship_inner(first, ids, CutKind::Rescan, Some(progress), next)
             .await?;
         stats.regions = shipped.regions;
         stats.pass_regions = shipped.pass_regions;
