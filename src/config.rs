@@ -20,6 +20,7 @@ use crate::cli::{parse_duration, Command, PrimaryCommand, ReplicaCommand, Source
 use crate::size::{parse_region_size, parse_size, RegionSize};
 use crate::state::state_dir_of;
 use crate::target::{validate_bitmap_id, validate_dm_name};
+use crate::tunnel::{in_prefix, validate_interface_name};
 
 /// Where config files live unless `--config` names one.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/bdr";
@@ -250,33 +251,6 @@ fn parse_addr_prefix(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, len))
 }
 
-fn same_subnet(a: IpAddr, b: IpAddr, len: u8) -> bool {
-    match (a, b) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(a) & m == u32::from(b) & m
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(a) & m == u128::from(b) & m
-        }
-        _ => false,
-    }
-}
-
-fn valid_interface(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 15 {
-        return Err(format!("'{s}': an interface name has 1 to 15 characters"));
-    }
-    if !s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        return Err(format!("'{s}': use only A-Z a-z 0-9 _ - ."));
-    }
-    Ok(())
-}
-
 fn valid_host_port(s: &str) -> Result<(), String> {
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(());
@@ -479,7 +453,7 @@ fn check_tunnel(
                 "tunnel.peer_address",
                 "is this host's own tunnel address: give the other host's",
             );
-        } else if !same_subnet(a, pa, len) {
+        } else if !in_prefix(a, len, pa) {
             problem(
                 p,
                 "tunnel.peer_address",
@@ -494,8 +468,8 @@ fn check_tunnel(
         .interface
         .clone()
         .unwrap_or_else(|| default_interface(name));
-    if let Err(e) = valid_interface(&interface) {
-        problem(p, "tunnel.interface", e);
+    if let Err(e) = validate_interface_name(&interface) {
+        problem(p, "tunnel.interface", format!("{e:#}"));
     }
     let userspace = match t.backend.as_deref() {
         None | Some("kernel") => false,
@@ -1003,11 +977,11 @@ peer_address = "fd00::1"
     #[test]
     fn subnets() {
         let a = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(same_subnet(a("10.99.0.1"), a("10.99.0.2"), 30));
-        assert!(!same_subnet(a("10.99.0.1"), a("10.99.0.5"), 30));
-        assert!(same_subnet(a("10.99.0.1"), a("99.0.0.0"), 0));
-        assert!(!same_subnet(a("10.99.0.1"), a("fd00::1"), 0));
-        assert!(same_subnet(a("fd00::1"), a("fd00::2"), 64));
+        assert!(in_prefix(a("10.99.0.1"), 30, a("10.99.0.2")));
+        assert!(!in_prefix(a("10.99.0.1"), 30, a("10.99.0.5")));
+        assert!(in_prefix(a("10.99.0.1"), 0, a("99.0.0.0")));
+        assert!(!in_prefix(a("10.99.0.1"), 0, a("fd00::1")));
+        assert!(in_prefix(a("fd00::1"), 64, a("fd00::2")));
         assert_eq!(parse_addr_prefix("10.0.0.1").unwrap().1, 32);
         assert!(parse_addr_prefix("10.0.0.1/33").is_err());
         assert!(parse_addr_prefix("fd00::1/129").is_err());
@@ -1017,9 +991,9 @@ peer_address = "fd00::1"
     fn interface_names() {
         assert_eq!(default_interface("vol0"), "bdr-vol0");
         assert_eq!(default_interface("a-very-long-volume"), "bdr-a-very-long");
-        assert!(valid_interface("bdr-vol0").is_ok());
-        assert!(valid_interface("").is_err());
-        assert!(valid_interface("a/b").is_err());
-        assert!(valid_interface("sixteen-chars-xx").is_err());
+        assert!(validate_interface_name("bdr-vol0").is_ok());
+        assert!(validate_interface_name("").is_err());
+        assert!(validate_interface_name("a/b").is_err());
+        assert!(validate_interface_name("sixteen-chars-xx").is_err());
     }
 }

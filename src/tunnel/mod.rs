@@ -156,7 +156,7 @@ fn max_prefix(a: IpAddr) -> u8 {
 }
 
 /// Whether `b` lies in `a/len` (false across families).
-fn in_prefix(a: IpAddr, len: u8, b: IpAddr) -> bool {
+pub fn in_prefix(a: IpAddr, len: u8, b: IpAddr) -> bool {
     match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
             let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
