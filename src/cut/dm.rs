@@ -503,18 +503,10 @@ impl CutSource for DmCutSource {
         let info = self.map.info()?;
         let g = info.generation;
         let (suspend, regions) = if self.passes == 0 {
-            if info.frozen_regions > 0 {
-                tracing::warn!(
-                    device = %self.name,
-                    regions = info.frozen_regions,
-                    "frozen regions of an unfinished cut: merging them back"
-                );
-                self.map.merge_back(g)?;
-            }
-            // A bare freeze of the live device: the frozen set was empty, so it now holds
-            // exactly the regions moved; a write completing later marks the active set.
-            self.map.freeze(g)?;
-            (Duration::ZERO, self.map.read_frozen(g)?)
+            (
+                Duration::ZERO,
+                super::first_precopy_pass(&self.map, &info, &self.name)?,
+            )
         } else {
             self.separate(g)?
         };

@@ -218,17 +218,7 @@ impl CutSource for FileCutSource {
         let g = info.generation;
         let t0 = Instant::now();
         let regions = if self.passes == 0 {
-            if info.frozen_regions > 0 {
-                tracing::info!(
-                    regions = info.frozen_regions,
-                    "merging back a frozen bitmap left by an earlier run"
-                );
-                self.map.merge_back(g)?;
-            }
-            // A bare freeze of the live device: the frozen set was empty, so it now holds
-            // exactly the regions moved.
-            self.map.freeze(g)?;
-            self.map.read_frozen(g)?
+            super::first_precopy_pass(&self.map, &info, &self.device_path.display().to_string())?
         } else {
             // Writes in flight finish first (the lock is the stand-in's suspend): the
             // active map then holds exactly the regions written since the previous pass.

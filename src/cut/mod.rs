@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use bdr_bitmap::{Generation, Geometry, MapInfo, RoaringBitmap};
+use bdr_bitmap::{DirtyMap, Generation, Geometry, MapInfo, RoaringBitmap};
 use bdr_sync::ship::CutImage;
 
 /// One frozen cut.
@@ -158,4 +158,26 @@ pub fn cut_test(args: &crate::cli::CutTestArgs) -> Result<()> {
             Err(e.context("cut aborted, its regions merged back"))
         }
     }
+}
+
+/// The first pre-copy pass of any cut source: merge back what an unfinished cut left
+/// frozen, then a bare freeze of the live device. The frozen set was empty, so it now holds
+/// exactly the regions written since the last committed cut; a write completing later marks
+/// the active set (and so a later pass or the residue).
+pub fn first_precopy_pass(
+    map: &dyn DirtyMap,
+    info: &MapInfo,
+    device: &str,
+) -> Result<RoaringBitmap> {
+    let g = info.generation;
+    if info.frozen_regions > 0 {
+        tracing::warn!(
+            device,
+            regions = info.frozen_regions,
+            "frozen regions of an unfinished cut: merging them back"
+        );
+        map.merge_back(g)?;
+    }
+    map.freeze(g)?;
+    Ok(map.read_frozen(g)?)
 }
