@@ -531,7 +531,9 @@ fn primary_kill_merges_back_frozen_bits() {
     let info = map.info().unwrap();
     assert_eq!((info.active_regions, info.frozen_regions), (0, 0));
     assert!(
-        daemon.log().contains("merging back a frozen bitmap"),
+        daemon
+            .log()
+            .contains("frozen regions of an unfinished cut: merging them back"),
         "{}",
         daemon.log()
     );

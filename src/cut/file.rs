@@ -154,9 +154,10 @@ impl CutSource for FileCutSource {
         let precopied = self.passes > 0;
         if info.frozen_regions > 0 && !precopied {
             // Left by a process that died mid-cut: those regions were never acknowledged.
-            tracing::info!(
+            tracing::warn!(
+                device = %self.device_path.display(),
                 regions = info.frozen_regions,
-                "merging back a frozen bitmap left by an earlier run"
+                "frozen regions of an unfinished cut: merging them back"
             );
             self.map.merge_back(g)?;
         }
