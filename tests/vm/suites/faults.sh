@@ -499,7 +499,7 @@ f_detach_attach() { reattach detach; }
 f_reload() { reattach reload; }
 after_reattach() { # KIND: the first cut after it must be a rescan (reload) or not (detach)
 	local first
-	first=$(tail -n +"$((PLINE + 1))" "$PLOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -m1 ' cut taken ' | grep -o 'rescan=.*' | cut -c1-70)
+	first=$(tail -n +"$((PLINE + 1))" "$PLOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -m1 ' cut taken cut=' | grep -o 'rescan=.*' | cut -c1-70)
 	NOTE="first cut after: $first"
 	case $1 in
 	reload) [[ $first == rescan=no* || -z $first ]] && { t_fail "reload: first cut was not a rescan ($first)"; FAULT_OK=0; } ;;
