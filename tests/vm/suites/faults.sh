@@ -451,8 +451,13 @@ f_statedir_full() {
 	FSTART=$(now_ms)
 	dd if=/dev/zero of="$RDIR/fill" bs=1M status=none 2>/dev/null
 	sleep "$d"
-	grep -qi 'full\|space' "$PDIR/status.json" && NOTE="primary saw: $(pj message | cut -c1-80)" ||
-		NOTE="no NoSpace seen in ${d}s (no cut needed a journal?)"
+	# Held until the primary has seen a cut refused (NoSpace), at most 10 s more.
+	local end=$((SECONDS + 10))
+	while [ $SECONDS -lt $end ] && ! grep -q 'NoSpace' "$PDIR/status.json"; do sleep 0.2; done
+	if grep -q 'NoSpace' "$PDIR/status.json"; then NOTE="primary saw: $(pj message | cut -c1-80)"; else
+		t_fail "statedir_full: no cut refused with NoSpace in $d s + 10 s"
+		FAULT_OK=0
+	fi
 	rm -f "$RDIR/fill"
 	FEND=$(now_ms)
 }
