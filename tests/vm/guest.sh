@@ -4,7 +4,8 @@
 #   guest.sh ENVFILE SUITE_FILE...
 #
 # ENVFILE (written by the host) exports RESULTS (the writable results dir), BDR_KO, BDR_BIN,
-# BDR_CONFORMANCE_BIN, BDR_TEST_BINS and VM_SUITE_TIMEOUT. Each suite runs with a timeout,
+# BDR_CONFORMANCE_BIN, BDR_TEST_BINS and VM_SUITE_TIMEOUT (and, from run.sh's VM_ENV_*, maybe
+# VM_SUITE_TIMEOUT_OVERRIDE: every suite's timeout, over its `# vm-timeout`). Each suite runs with a timeout,
 # its output in $RESULTS/<suite>.log; its verdict ends up in $RESULTS/<suite>.verdict (first
 # word PASS, FAIL or SKIP). At the end: $RESULTS/dmesg.txt and $RESULTS/guest.done.
 #
@@ -65,6 +66,7 @@ for suite_file in "$@"; do
 	# (pstate, rstate...) must not pass for this suite's (they once did: a replica state of
 	# the precopy suite made the replication suite's fresh replica claim its cut 5).
 	find "$T_SCRATCH" -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null
+	tmo=${VM_SUITE_TIMEOUT_OVERRIDE:-$tmo} # e.g. a long tier of a suite (VM_ENV_... in run.sh)
 	say "suite $name (timeout ${tmo}s)"
 	start=$(date +%s)
 	T_SUITE=$name timeout --kill-after=10 "$tmo" bash "$suite_file" >"$RESULTS/$name.log" 2>&1 </dev/null

@@ -12,6 +12,7 @@
 #
 # Environment: VM_BOOT_TIMEOUT (hard limit of one guest run, s, default 600),
 # VM_SUITE_TIMEOUT (default per suite, s, default 300), VM_MEMORY, VM_CPUS.
+# VM_ENV_<NAME>=VALUE is passed to the guest's suites as <NAME>=VALUE (e.g. VM_ENV_FAULTS_TIER).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -85,9 +86,11 @@ for kver in "${kernels[@]}"; do
 	mkdir -p "$res/bin"
 	[ -z "${VM_BDR_BIN:-}" ] || { cp "$VM_BDR_BIN" "$res/bin/" && bin=$res/bin/$(basename "$VM_BDR_BIN"); }
 	[ -z "${VM_CONFORMANCE_BIN:-}" ] || { cp "$VM_CONFORMANCE_BIN" "$res/bin/conformance_kernel" && conf=$res/bin/conformance_kernel; }
+	envs=()
+	for v in $(compgen -v VM_ENV_); do envs+=("${v#VM_ENV_}=${!v}"); done
 	vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="${VM_KO:-}" BDR_BIN="$bin" \
 		BDR_CONFORMANCE_BIN="$conf" BDR_TEST_BINS="$VM_ROOT/target/vm/test-bins.txt" \
-		VM_SUITE_TIMEOUT="${VM_SUITE_TIMEOUT:-300}"
+		VM_SUITE_TIMEOUT="${VM_SUITE_TIMEOUT:-300}" "${envs[@]}"
 	vm_log "booting, ${#suites[@]} suite(s), hard timeout ${boot_timeout}s"
 	t0=$(date +%s)
 	VM_BOOT_STARTED=$res/guest.log vm_boot "$kver" "$res" "$boot_timeout" "$res/console.log" \
