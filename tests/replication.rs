@@ -548,8 +548,9 @@ fn primary_kill_merges_back_frozen_bits() {
     lab.assert_replica_equals_primary();
 }
 
-/// `bdr verify`: exit 0 when equal; exit 1 with the differing range listed after the
-/// replica file is tampered with; verify loses no dirty bits (its cut is aborted).
+/// `bdr verify`: exit 0 when equal; regions written since the replica's cut are listed as
+/// pending and do not fail it; exit 1 with the differing range listed after the replica
+/// file is tampered with; verify loses no dirty bits (its cut is aborted).
 #[test]
 fn verify_lists_differing_ranges() {
     let mut lab = Lab::new(4);
@@ -558,34 +559,66 @@ fn verify_lists_differing_ranges() {
     let o = lab.verify(&addr);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(text(&o.stdout).contains("identical"), "{}", show(&o));
+    let verify_json = |lab: &Lab| -> Value {
+        let o = bdr(&lab.primary_args(vec!["verify", "vol", "--peer", &addr, "--json"]));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", show(&o)));
+        assert_eq!(o.status.success(), v["identical"] == true, "{}", show(&o));
+        v
+    };
+    let regions_of = |ranges: &Value| -> std::collections::BTreeSet<u64> {
+        let mut set = std::collections::BTreeSet::new();
+        for r in ranges.as_array().unwrap() {
+            let (off, len) = (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap());
+            set.extend(off / REGION..(off + len).div_ceil(REGION));
+        }
+        set
+    };
 
-    // Tamper with region 70 of the replica.
+    // Written since the replica's cut: different, but pending (the next cut ships them).
+    let touched = lab.write_random(3);
+    let v = verify_json(&lab);
+    assert_eq!(v["identical"], true, "{v}");
+    assert_eq!(regions_of(&v["pending"]), touched, "{v}");
+    assert_eq!(v["pending_regions"], touched.len() as u64, "{v}");
+    assert_eq!(v["differing_regions"], 0, "{v}");
+
+    // Tamper with a region of the replica that is not dirty on the primary.
+    let bad = (70..).find(|r| !touched.contains(r)).unwrap();
     let f = OpenOptions::new().write(true).open(&lab.rdev).unwrap();
-    f.write_all_at(b"tampered", 70 * REGION + 100).unwrap();
+    f.write_all_at(b"tampered", bad * REGION + 100).unwrap();
     drop(f);
     let o = lab.verify(&addr);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    let want = format!("bytes {}..{}", 70 * REGION, 71 * REGION);
+    let want = format!("bytes {}..{}", bad * REGION, (bad + 1) * REGION);
     assert!(text(&o.stdout).contains(&want), "{want}: {}", show(&o));
+    assert!(
+        text(&o.stdout).contains("differ as expected"),
+        "{}",
+        show(&o)
+    );
     assert!(text(&o.stderr).contains("differs"), "{}", show(&o));
 
+    // Tampering inside a pending region is shipped over by the next cut: not a failure.
+    let inside = *touched.iter().next().unwrap();
+    let f = OpenOptions::new().write(true).open(&lab.rdev).unwrap();
+    f.write_all_at(b"tampered", inside * REGION).unwrap();
+    drop(f);
+    let v = verify_json(&lab);
+    assert_eq!(regions_of(&v["differing"]), [bad].into(), "{v}");
+    assert_eq!(regions_of(&v["pending"]), touched, "{v}");
+
     // Dirty regions survive a verify (its cut is merged back) and ship next time.
-    let touched = lab.write_random(3);
-    let o = lab.verify(&addr);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let info = FileDirtyMap::open(&lab.map).unwrap().info().unwrap();
     assert_eq!(info.active_regions, touched.len() as u64);
     assert_eq!(info.frozen_regions, 0);
     let s = lab.sync_once(&addr);
     assert_eq!(s["regions"], touched.len() as u64, "{s}");
-    // The tampered region is not dirty on the primary: still different.
-    let o = lab.verify(&addr);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    let json = bdr(&lab.primary_args(vec!["verify", "vol", "--peer", &addr, "--json"]));
-    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    // The tampered region is not dirty on the primary: still different; nothing pending.
+    let v = verify_json(&lab);
     assert_eq!(v["identical"], false);
-    assert_eq!(v["differing"][0]["offset"], 70 * REGION);
+    assert_eq!(v["differing"][0]["offset"], bad * REGION);
     assert_eq!(v["differing"][0]["length"], REGION);
+    assert_eq!(v["pending"], serde_json::json!([]), "{v}");
 }
 
 /// A new bitmap generation (module reload: FileDirtyMap::recreate) loses the dirty bits:

@@ -166,69 +166,102 @@ struct RangeJson {
 
 #[derive(Serialize)]
 struct VerifyJson {
+    /// No difference that the next cut would not ship (pending ones are listed apart).
     identical: bool,
     differing: Vec<RangeJson>,
+    pending: Vec<RangeJson>,
+    replica_cut: Option<u64>,
+    rescan_due: Option<String>,
     compared_regions: u64,
     differing_regions: u64,
+    pending_regions: u64,
     bytes_read: u64,
     elapsed_ms: f64,
 }
 
-/// `bdr verify NAME --peer ADDR`: exit 1 when anything differs.
+fn ranges_json(v: &[std::ops::Range<u64>]) -> Vec<RangeJson> {
+    v.iter()
+        .map(|r| RangeJson {
+            offset: r.start,
+            length: r.end - r.start,
+        })
+        .collect()
+}
+
+fn print_ranges(v: &[std::ops::Range<u64>]) {
+    for r in v {
+        println!(
+            "  bytes {}..{} ({})",
+            r.start,
+            r.end,
+            format_bytes(r.end - r.start)
+        );
+    }
+}
+
+/// `bdr verify NAME --peer ADDR`: exit 1 when anything differs that the next cut would not
+/// ship. Regions written since the replica's cut are reported apart, as pending.
 pub fn verify(a: &VerifyArgs) -> Result<()> {
     let peer = required(a.peer.clone(), "--peer", &a.name)?;
     let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
     let mut src = source::open(&a.name, &a.source)?;
-    let report = runtime()?.block_on(async {
+    let v = runtime()?.block_on(async {
         let mut rep = Replicator::new(&mut *src, dir, &peer, "verify", ShipOptions::default())?;
         let r = rep.verify().await;
         rep.finish().await;
         r
     })?;
-    let st = &report.stats;
+    let st = &v.stats;
+    let cut = v
+        .replica_cut
+        .map_or_else(|| "none".to_string(), |c| c.to_string());
     if a.json {
         let j = VerifyJson {
-            identical: report.differing.is_empty(),
-            differing: report
-                .differing
-                .iter()
-                .map(|r| RangeJson {
-                    offset: r.start,
-                    length: r.end - r.start,
-                })
-                .collect(),
+            identical: v.differing.is_empty(),
+            differing: ranges_json(&v.differing),
+            pending: ranges_json(&v.pending),
+            replica_cut: v.replica_cut,
+            rescan_due: v.rescan_due.clone(),
             compared_regions: st.compared,
-            differing_regions: st.differing,
+            differing_regions: v.differing_regions,
+            pending_regions: v.pending_regions,
             bytes_read: st.bytes_read,
             elapsed_ms: st.elapsed.as_secs_f64() * 1000.0,
         };
         println!("{}", serde_json::to_string_pretty(&j)?);
-    } else if report.differing.is_empty() {
-        println!(
-            "identical: {} regions compared, {} read",
-            st.compared,
-            format_bytes(st.bytes_read)
-        );
     } else {
-        println!(
-            "{} of {} regions differ, in {} ranges:",
-            st.differing,
-            st.compared,
-            report.differing.len()
-        );
-        for r in &report.differing {
+        if v.differing.is_empty() {
             println!(
-                "  bytes {}..{} ({})",
-                r.start,
-                r.end,
-                format_bytes(r.end - r.start)
+                "identical: {} regions compared, {} read (replica at cut {cut})",
+                st.compared,
+                format_bytes(st.bytes_read)
             );
+        } else {
+            println!(
+                "{} of {} regions differ, in {} ranges:",
+                v.differing_regions,
+                st.compared,
+                v.differing.len()
+            );
+            print_ranges(&v.differing);
+            if let Some(reason) = &v.rescan_due {
+                println!(
+                    "the replica is not at the primary's last cut ({reason}): the next cut rescans"
+                );
+            }
+        }
+        if !v.pending.is_empty() {
+            println!(
+                "{} regions written since cut {cut} differ as expected (the next cut ships them):",
+                v.pending_regions
+            );
+            print_ranges(&v.pending);
         }
     }
-    if !report.differing.is_empty() {
+    if !v.differing.is_empty() {
         bail!(
             "the replica differs from the primary in {} ranges",
-            report.differing.len()
+            v.differing.len()
         );
     }
     Ok(())

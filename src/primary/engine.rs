@@ -795,7 +795,7 @@ impl<'a> Replicator<'a> {
 
     /// Takes a cut, compares it with the replica's committed content by hashes, and
     /// aborts the cut (its regions merged back: nothing is lost).
-    pub async fn verify(&mut self) -> Result<VerifyReport> {
+    pub async fn verify(&mut self) -> Result<VerifyOutcome> {
         let r = self.verify_inner().await;
         if let Err(e) = &r {
             self.record_error(e);
@@ -803,22 +803,40 @@ impl<'a> Replicator<'a> {
         r
     }
 
-    async fn verify_inner(&mut self) -> Result<VerifyReport> {
+    async fn verify_inner(&mut self) -> Result<VerifyOutcome> {
         let info = self.source.info()?;
         self.note_info(&info);
         self.connect(&info).await?;
+        let replica = self.conn.as_ref().expect("connected").0.replica().clone();
         self.set_state("cutting");
         let cut = tokio::task::block_in_place(|| self.source.take())?;
+        // The cut's regions were written since the last committed cut: when the replica is
+        // at that cut they may differ without anything being wrong (the next cut ships
+        // them; freezing a mounted filesystem for the cut writes its superblock).
+        let rescan = rescan_reason(&self.state, &replica, cut.generation.0);
         self.set_state("verifying");
         let image: Arc<dyn CutImage> = cut.image.clone();
         let conn = &mut self.conn.as_mut().expect("connected").0;
         let mut reporter = Reporter::new("verify");
         let res = conn.verify(image, &mut |p| reporter.update(p)).await;
         drop(reporter);
+        let pending_regions = cut.regions.clone();
+        let geometry = cut.geometry;
         let aborted = tokio::task::block_in_place(|| self.source.abort(cut));
         let report = res.with_context(|| format!("verify against {}", self.peer))?;
         aborted.context("merge the verify cut's regions back")?;
-        Ok(report)
+        Ok(match rescan {
+            None => VerifyOutcome::split(report, &pending_regions, geometry, replica.last_cut),
+            Some(reason) => VerifyOutcome {
+                differing: report.differing,
+                pending: Vec::new(),
+                replica_cut: replica.last_cut,
+                rescan_due: Some(reason),
+                differing_regions: report.stats.differing,
+                pending_regions: 0,
+                stats: report.stats,
+            },
+        })
     }
 
     /// Closes the connection and marks the status stopped.
@@ -827,6 +845,79 @@ impl<'a> Replicator<'a> {
             c.close().await;
         }
         self.set_state("stopped");
+    }
+}
+
+/// What `bdr verify` found. Invariant: a range is in `pending` only if every region it
+/// covers was written since the replica's committed cut (so the next cut ships it whole);
+/// any other difference is in `differing` and means the replica is wrong.
+#[derive(Debug)]
+pub struct VerifyOutcome {
+    /// Byte ranges that differ and will not be shipped by the next cut.
+    pub differing: Vec<std::ops::Range<u64>>,
+    /// Byte ranges that differ because they were written since the replica's cut.
+    pub pending: Vec<std::ops::Range<u64>>,
+    /// The replica's committed cut.
+    pub replica_cut: Option<u64>,
+    /// Why the replica is not at the primary's last cut (then nothing is pending: every
+    /// difference counts until a rescan ships it).
+    pub rescan_due: Option<String>,
+    /// Regions that differ, by class (a region is in one class).
+    pub differing_regions: u64,
+    pub pending_regions: u64,
+    pub stats: ShipStats,
+}
+
+impl VerifyOutcome {
+    /// Splits the replica's differing ranges at region bounds into those written since its
+    /// cut (`written`, regions of the verify cut) and the rest.
+    fn split(
+        report: VerifyReport,
+        written: &roaring::RoaringBitmap,
+        geometry: bdr_bitmap::Geometry,
+        replica_cut: Option<u64>,
+    ) -> Self {
+        let mut differing: Vec<std::ops::Range<u64>> = Vec::new();
+        let mut pending: Vec<std::ops::Range<u64>> = Vec::new();
+        let push = |v: &mut Vec<std::ops::Range<u64>>, r: std::ops::Range<u64>| match v.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => v.push(r),
+        };
+        let (mut nd, mut np, mut last_region) = (0u64, 0u64, None);
+        for range in report.differing {
+            let mut at = range.start;
+            while at < range.end {
+                let region = geometry.region_of_byte(at);
+                let end = geometry
+                    .region_byte_range(region)
+                    .end
+                    .min(range.end)
+                    .max(at + 1);
+                let is_written = u32::try_from(region).is_ok_and(|r| written.contains(r));
+                if last_region != Some(region) {
+                    *if is_written { &mut np } else { &mut nd } += 1;
+                    last_region = Some(region);
+                }
+                push(
+                    if is_written {
+                        &mut pending
+                    } else {
+                        &mut differing
+                    },
+                    at..end,
+                );
+                at = end;
+            }
+        }
+        VerifyOutcome {
+            differing,
+            pending,
+            replica_cut,
+            rescan_due: None,
+            differing_regions: nd,
+            pending_regions: np,
+            stats: report.stats,
+        }
     }
 }
 
@@ -893,5 +984,35 @@ mod tests {
         assert!(r.contains("generation 000000000000000a"), "{r}");
         assert!(rescan_reason(&st(Some(3), None), &rep(Some(3)), 10).is_some());
         assert_eq!(rescan_reason(&st(Some(3), Some(9)), &rep(Some(3)), 9), None);
+    }
+
+    /// Differing ranges split at region bounds: pending where the region was written since
+    /// the replica's cut, differing elsewhere; neighbours of one class merge; a region split
+    /// over two ranges counts once; the clipped last region works.
+    #[test]
+    fn verify_split_by_written_regions() {
+        let g = bdr_bitmap::Geometry::new(128, (10 << 20) / 512 + 7).unwrap(); // 64 KiB, 161
+        const R: u64 = 65536;
+        let report = VerifyReport {
+            differing: vec![
+                R..3 * R,                      // regions 1 (written) and 2 (not)
+                3 * R + 10..3 * R + 20,        // region 3 (written), part of it
+                3 * R + 100..4 * R + 5,        // region 3 again, and 4 (written)
+                160 * R..(10 << 20) + 7 * 512, // the clipped last region (not written)
+            ],
+            stats: ShipStats::default(),
+        };
+        let written: roaring::RoaringBitmap = [1u32, 3, 4, 9].into_iter().collect();
+        let v = VerifyOutcome::split(report, &written, g, Some(7));
+        assert_eq!(
+            v.pending,
+            vec![R..2 * R, 3 * R + 10..3 * R + 20, 3 * R + 100..4 * R + 5]
+        );
+        assert_eq!(
+            v.differing,
+            vec![2 * R..3 * R, 160 * R..(10 << 20) + 7 * 512]
+        );
+        assert_eq!((v.pending_regions, v.differing_regions), (3, 2));
+        assert_eq!(v.replica_cut, Some(7));
     }
 }
