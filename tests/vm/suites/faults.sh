@@ -28,8 +28,9 @@
 #     bw samples, and a pause of the suite's own work (python starting, e2fsck) moves them.
 # FAULTS_VERIFY_EACH=1 verifies after every fault (slower; pins a difference to its fault).
 # Every round of faults ends with the workload paused, a cut committed after the pause, the
-# daemon stopped and `bdr verify`: the replica must equal the primary by chunk hashes, except
-# region 0: the verify's own cut freezes the mounted ext4, which rewrites its superblock.
+# daemon stopped and `bdr verify`: the replica must equal the primary by chunk hashes (regions
+# written since its cut are pending, not a difference: the verify's own cut freezes the
+# mounted ext4, which rewrites its superblock).
 #
 # Faults (kind: what is done; what else is checked):
 #   pkill_random   kill -9 of `bdr primary run` at a random instant, restarted at once
