@@ -24,6 +24,13 @@ use bdr_bench::{
     timed, Bar, Class, MB,
 };
 use bdr_sync::chunk::{self, DEFAULT_ZSTD_LEVEL};
+
+/// The zstd level of this run (`--zstd-level`), set once in `main`.
+static LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(DEFAULT_ZSTD_LEVEL);
+
+fn level() -> i32 {
+    LEVEL.load(std::sync::atomic::Ordering::Relaxed)
+}
 use bdr_sync::frame::{decode_frame, encode_frame_buf, Codec};
 use bdr_sync::replica::{serve, CutHeader, ServeOptions, ServeStatus};
 use bdr_sync::{
@@ -39,6 +46,8 @@ struct Args {
     region: usize,
     /// Only the end-to-end ship (for profiling the real pipeline).
     e2e_only: bool,
+    /// zstd level of the chunks (negative: zstd's fast levels).
+    level: i32,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +59,7 @@ fn parse_args() -> Result<Args> {
         out: bdr_bench::repo_root().join("bench/results"),
         region: 64 << 10,
         e2e_only: false,
+        level: DEFAULT_ZSTD_LEVEL,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -62,8 +72,9 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = v()?.into(),
             "--region" => a.region = v()?.parse()?,
             "--e2e-only" => a.e2e_only = true,
+            "--zstd-level" => a.level = v()?.parse()?,
             "-h" | "--help" => {
-                println!("pipeline [--mb N] [--e2e-mb N] [--rounds N] [--dir DIR] [--out DIR] [--region BYTES]");
+                println!("pipeline [--mb N] [--e2e-mb N] [--rounds N] [--dir DIR] [--out DIR] [--region BYTES] [--zstd-level N]");
                 std::process::exit(0);
             }
             _ => anyhow::bail!("unknown argument {k}"),
@@ -133,7 +144,7 @@ fn prepare(ds: &DataSet) -> Result<Prepared> {
     let mut frames = Vec::new();
     let mut compressed_bytes = 0;
     for (off, c) in ds.chunks() {
-        let f = chunk::encode_chunk(off, c, DEFAULT_ZSTD_LEVEL);
+        let f = chunk::encode_chunk(off, c, level());
         frames.push(encode_frame_buf(&f)?.as_bytes().to_vec());
         if let Frame::Chunk {
             hash, codec, data, ..
@@ -154,7 +165,7 @@ const STAGES: &[&str] = &[
     "memcpy",
     "read (page cache)",
     "blake3",
-    "zstd-1 compress",
+    "zstd compress",
     "frame encode",
     "primary: read+blake3+zstd+frame",
     "frame decode (checksum+rkyv)",
@@ -244,9 +255,9 @@ fn run_stage(stage: &str, ds: &DataSet, prep: &Prepared, rep: &mut Replica) -> R
                 black_box(chunk::hash(c));
             }
         }),
-        "zstd-1 compress" => timed(|| {
+        "zstd compress" => timed(|| {
             for (_, c) in ds.chunks() {
-                black_box(chunk::compress(c, DEFAULT_ZSTD_LEVEL));
+                black_box(chunk::compress(c, level()));
             }
         }),
         "frame encode" => {
@@ -291,7 +302,7 @@ fn run_stage(stage: &str, ds: &DataSet, prep: &Prepared, rep: &mut Replica) -> R
                         err = Err(e.into());
                         return;
                     }
-                    let f = chunk::encode_chunk(off, b, DEFAULT_ZSTD_LEVEL);
+                    let f = chunk::encode_chunk(off, b, level());
                     match encode_frame_buf(&f) {
                         Ok(b) => {
                             black_box(b);
@@ -503,7 +514,10 @@ impl E2eLab {
             addr,
             volume,
             g,
-            ShipOptions::default(),
+            ShipOptions {
+                zstd_level: level(),
+                ..ShipOptions::default()
+            },
         ))?;
         // An empty rescan makes the replica live (journaled commits from then on).
         let ids = conn.next_cut_ids();
@@ -556,6 +570,7 @@ impl E2eLab {
 
 fn main() -> Result<()> {
     let a = parse_args()?;
+    LEVEL.store(a.level, std::sync::atomic::Ordering::Relaxed);
     let work = tempfile::Builder::new()
         .prefix("bdr-bench-pipeline-")
         .tempdir_in(&a.dir)
@@ -675,7 +690,7 @@ fn main() -> Result<()> {
     md += &md_table(&["stage", "mix", "random", "text", "mix vs memcpy"], &rows);
     md += &format!(
         "\nmix = 50% random, 35% text, 15% zeros; zstd level {} compresses it {:.2}x (random {:.2}x, text {:.2}x).\n\n",
-        DEFAULT_ZSTD_LEVEL,
+        level(),
         sets[0].bytes() as f64 / preps[0].compressed_bytes as f64,
         sets[1].bytes() as f64 / preps[1].compressed_bytes as f64,
         sets[2].bytes() as f64 / preps[2].compressed_bytes as f64,
@@ -719,7 +734,7 @@ fn main() -> Result<()> {
         "region_bytes": region,
         "mb_per_set": a.mb,
         "rounds": a.rounds,
-        "zstd_level": DEFAULT_ZSTD_LEVEL,
+        "zstd_level": level(),
         "sets": sets.iter().zip(&preps).map(|(s, p)| serde_json::json!({
             "name": s.name, "bytes": s.bytes(), "zstd_bytes": p.compressed_bytes,
         })).collect::<Vec<_>>(),
