@@ -590,12 +590,13 @@ touch "$T/serve.pid" "$T/daemon.pid" "$T/fio.pid" "$T/churn.pid" "$T/probe.pid"
 t_defer kill_pidfile "$T/serve.pid"
 serve_start || exit 1
 assert_ok "$B" attach c "$PLOWER" --kmod "$BDR_KO" --state-dir "$PDIR" || exit 1
+# Cleanup runs in reverse: the workload dies, then the mount goes, then the daemon, then c.
 t_defer _dm_rm c
 t_defer kill_pidfile "$T/daemon.pid"
+t_defer _umount_if "$MNT"
 t_defer kill_pidfile "$T/fio.pid"
 t_defer kill_pidfile "$T/churn.pid"
 t_defer kill_pidfile "$T/probe.pid"
-t_defer _umount_if "$MNT"
 CDM=$(cdm)
 assert_ok mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 /dev/mapper/c || exit 1
 assert_ok mount /dev/mapper/c "$MNT" || exit 1
