@@ -163,14 +163,53 @@ pub struct PrimaryRunArgs {
     /// Time between the starts of two cuts (the RPO target): 500ms, 5s, 1m... (default 5s)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub interval: Option<Duration>,
-    /// No pre-copy: ship every dirty region from the cut's snapshot, which then lives (and
-    /// slows writes with copy-on-write) for the whole cut. By default the dirty regions are
-    /// first copied from the live device and the snapshot only ships what was written
-    /// meanwhile.
-    #[arg(long)]
-    pub no_precopy: bool,
+    #[command(flatten)]
+    pub ship: ShipArgs,
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// How cuts are shipped (`primary run`, `sync --once`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ShipArgs {
+    /// Pre-copy (the default, or `precopy` in the config file): the dirty regions are first
+    /// copied from the live device; the cut's snapshot then only ships what was written
+    /// meanwhile, so copy-on-write slows the primary's writes only briefly.
+    #[arg(long, overrides_with = "no_precopy")]
+    pub precopy: bool,
+    /// No pre-copy: ship every dirty region from the cut's snapshot, which then lives (and
+    /// slows writes with copy-on-write) for the whole cut.
+    #[arg(long, overrides_with = "precopy")]
+    pub no_precopy: bool,
+    /// zstd level of the shipped chunks: 1 (default); up to 19 for a slow link (smaller,
+    /// slower); negative levels (-1 to -100) for a fast one (faster, larger).
+    #[arg(long, value_name = "LEVEL", allow_negative_numbers = true,
+          value_parser = parse_zstd_level)]
+    pub zstd_level: Option<i32>,
+    /// The config file's `precopy`, when the command line says neither.
+    #[arg(skip)]
+    pub precopy_default: Option<bool>,
+}
+
+impl ShipArgs {
+    /// Whether to pre-copy: the last of --precopy / --no-precopy, else the config file,
+    /// else yes.
+    pub fn precopy(&self) -> bool {
+        if self.precopy {
+            true
+        } else if self.no_precopy {
+            false
+        } else {
+            self.precopy_default.unwrap_or(true)
+        }
+    }
+}
+
+fn parse_zstd_level(s: &str) -> Result<i32, String> {
+    let l: i32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a zstd level (an integer, -100 to 19)"))?;
+    bdr_sync::chunk::check_zstd_level(l)
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,12 +225,8 @@ pub struct SyncArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// No pre-copy: ship every dirty region from the cut's snapshot, which then lives (and
-    /// slows writes with copy-on-write) for the whole cut. By default the dirty regions are
-    /// first copied from the live device and the snapshot only ships what was written
-    /// meanwhile.
-    #[arg(long)]
-    pub no_precopy: bool,
+    #[command(flatten)]
+    pub ship: ShipArgs,
     #[command(flatten)]
     pub source: SourceArgs,
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::cli::{parse_duration, Command, PrimaryCommand, ReplicaCommand, SourceArgs};
+use crate::cli::{parse_duration, Command, PrimaryCommand, ReplicaCommand, ShipArgs, SourceArgs};
 use crate::size::{parse_region_size, parse_size, RegionSize};
 use crate::state::state_dir_of;
 use crate::target::{validate_bitmap_id, validate_dm_name};
@@ -60,6 +60,10 @@ pub struct ConfigFile {
     pub interval: Option<String>,
     pub cow: Option<PathBuf>,
     pub cow_size: Option<String>,
+    /// Pre-copy before each cut (default true).
+    pub precopy: Option<bool>,
+    /// zstd level of shipped chunks (default 1; -100 to 19).
+    pub zstd_level: Option<i64>,
     pub state_dir: Option<PathBuf>,
     /// Primary without a managed tunnel: the replica's HOST:PORT.
     pub peer: Option<String>,
@@ -128,6 +132,8 @@ pub struct VolumeConfig {
     pub interval: Option<Duration>,
     pub cow: Option<PathBuf>,
     pub cow_size: Option<u64>,
+    pub precopy: Option<bool>,
+    pub zstd_level: Option<i32>,
     pub state_dir: Option<PathBuf>,
     pub peer: Option<String>,
     pub listen: Option<String>,
@@ -325,6 +331,8 @@ pub fn check(
     only(p, "interval", f.interval.is_some(), Role::Primary);
     only(p, "cow", f.cow.is_some(), Role::Primary);
     only(p, "cow_size", f.cow_size.is_some(), Role::Primary);
+    only(p, "precopy", f.precopy.is_some(), Role::Primary);
+    only(p, "zstd_level", f.zstd_level.is_some(), Role::Primary);
     only(p, "peer", f.peer.is_some(), Role::Primary);
     only(p, "listen", f.listen.is_some(), Role::Replica);
 
@@ -346,6 +354,13 @@ pub fn check(
     let cow_size = f.cow_size.as_deref().and_then(|s| {
         parse_size(s)
             .map_err(|e| problem(p, "cow_size", e.to_string()))
+            .ok()
+    });
+    let zstd_level = f.zstd_level.and_then(|l| {
+        i32::try_from(l)
+            .map_err(|_| format!("zstd level {l} is out of range"))
+            .and_then(bdr_sync::chunk::check_zstd_level)
+            .map_err(|e| problem(p, "zstd_level", e))
             .ok()
     });
     if let Some(peer) = &f.peer {
@@ -412,6 +427,8 @@ pub fn check(
         interval,
         cow: f.cow.clone(),
         cow_size,
+        precopy: f.precopy,
+        zstd_level,
         state_dir: f.state_dir.clone(),
         peer: f.peer.clone(),
         listen: f.listen.clone(),
@@ -699,15 +716,22 @@ pub fn required<T>(v: Option<T>, what: &str, name: &str) -> Result<T> {
     })
 }
 
+fn fill<T>(slot: &mut Option<T>, v: Option<T>) {
+    if slot.is_none() {
+        *slot = v;
+    }
+}
+
+/// The file's `zstd_level` and `precopy` under what the command line said.
+fn fill_ship(s: &mut ShipArgs, c: &VolumeConfig) {
+    fill(&mut s.zstd_level, c.zstd_level);
+    s.precopy_default = c.precopy;
+}
+
 /// Fill what the command line left out from the volume's config file, in place. A value
 /// given on the command line always wins. Errors: an invalid file, or a file of the
 /// other role.
 pub fn apply(cmd: &mut Command, explicit: Option<&Path>) -> Result<()> {
-    fn fill<T>(slot: &mut Option<T>, v: Option<T>) {
-        if slot.is_none() {
-            *slot = v;
-        }
-    }
     fn fill_source(s: &mut SourceArgs, c: &VolumeConfig) {
         fill(&mut s.cow, c.cow.clone());
         fill(&mut s.cow_size, c.cow_size);
@@ -738,12 +762,14 @@ pub fn apply(cmd: &mut Command, explicit: Option<&Path>) -> Result<()> {
             if let Some(c) = load_for(&a.name, explicit, Role::Primary)? {
                 fill(&mut a.peer, c.peer_addr());
                 fill(&mut a.interval, c.interval);
+                fill_ship(&mut a.ship, &c);
                 fill_source(&mut a.source, &c);
             }
         }
         Command::Sync(a) => {
             if let Some(c) = load_for(&a.name, explicit, Role::Primary)? {
                 fill(&mut a.peer, c.peer_addr());
+                fill_ship(&mut a.ship, &c);
                 fill_source(&mut a.source, &c);
             }
         }
@@ -946,6 +972,43 @@ peer_address = "fd00::1"
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");
         }
+    }
+
+    /// `precopy` and `zstd_level`: typed, range-checked, primary only, and they reach the
+    /// command's ship options unless the command line says otherwise.
+    #[test]
+    fn precopy_and_zstd_level() {
+        let base = "role = \"primary\"\ndevice = \"/d\"\npeer = \"h:1\"\n";
+        let f = parse(&format!("{base}precopy = false\nzstd_level = -7\n")).unwrap();
+        let (cfg, p) = check("vol0", Path::new("/x.toml"), &f, false);
+        assert!(p.is_empty(), "{p:?}");
+        let cfg = cfg.unwrap();
+        assert_eq!((cfg.precopy, cfg.zstd_level), (Some(false), Some(-7)));
+        let p = problems(&format!("{base}zstd_level = 30\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "zstd_level");
+        assert!(p[0].to_string().contains("-100 (fastest) to 19"), "{p:?}");
+        assert!(parse(&format!("{base}precopy = \"no\"\n")).is_err());
+        let p = problems(
+            "role = \"replica\"\ndevice = \"/d\"\nlisten = \"1.2.3.4:5\"\nprecopy = true\n",
+        );
+        assert_eq!(
+            p.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+            ["precopy"]
+        );
+
+        let mut ship = ShipArgs::default();
+        fill_ship(&mut ship, &cfg);
+        assert_eq!(ship.zstd_level, Some(-7));
+        assert!(!ship.precopy());
+        ship.precopy = true;
+        assert!(ship.precopy(), "--precopy overrides the file");
+        let mut ship = ShipArgs {
+            zstd_level: Some(3),
+            ..ShipArgs::default()
+        };
+        fill_ship(&mut ship, &cfg);
+        assert_eq!(ship.zstd_level, Some(3), "the command line wins");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::daemon::{self, LoopOptions};
 use super::engine::{CutSummary, PrecopyOptions, Replicator, Step};
 use super::source;
-use crate::cli::{PrimaryRunArgs, SyncArgs, VerifyArgs};
+use crate::cli::{PrimaryRunArgs, ShipArgs, SyncArgs, VerifyArgs};
 use crate::config::required;
 use crate::size::format_bytes;
 use crate::state::StateDir;
@@ -57,9 +57,8 @@ pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
     let mut src = source::open(&a.name, &a.source)?;
     runtime()?.block_on(async {
         let stop = stop_on_signals()?;
-        let mut rep =
-            Replicator::new(&mut *src, dir, &peer, "primary run", ShipOptions::default())?;
-        rep.set_precopy(precopy_options(a.no_precopy));
+        let mut rep = Replicator::new(&mut *src, dir, &peer, "primary run", ship_options(&a.ship))?;
+        rep.set_precopy(precopy_options(&a.ship));
         tracing::info!(
             volume = %a.name,
             peer = %peer,
@@ -74,8 +73,16 @@ pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
     })
 }
 
-fn precopy_options(off: bool) -> PrecopyOptions {
-    if off {
+fn ship_options(a: &ShipArgs) -> ShipOptions {
+    let mut o = ShipOptions::default();
+    if let Some(l) = a.zstd_level {
+        o.zstd_level = l;
+    }
+    o
+}
+
+fn precopy_options(a: &ShipArgs) -> PrecopyOptions {
+    if !a.precopy() {
         PrecopyOptions::disabled()
     } else {
         PrecopyOptions::default()
@@ -140,9 +147,8 @@ pub fn sync_once(a: &SyncArgs) -> Result<()> {
     let mut src = source::open(&a.name, &a.source)?;
     let step = runtime()?.block_on(async {
         let stop = stop_on_signals()?;
-        let mut rep =
-            Replicator::new(&mut *src, dir, &peer, "sync --once", ShipOptions::default())?;
-        rep.set_precopy(precopy_options(a.no_precopy));
+        let mut rep = Replicator::new(&mut *src, dir, &peer, "sync --once", ship_options(&a.ship))?;
+        rep.set_precopy(precopy_options(&a.ship));
         let r = rep.step(false, &stop).await;
         rep.finish().await;
         r

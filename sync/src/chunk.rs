@@ -12,6 +12,19 @@ use crate::frame::{Codec, Frame, MAX_REGION_BYTES, MAX_REGION_PIECE};
 /// Default zstd level: fast, and most of the gain on block data (zeros, text, metadata).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
+/// Checks a zstd level: 1..=19 trade speed for size as usual; negative levels are zstd's
+/// fast modes (down to -100 here: below that nothing is left to compress); 0 is zstd's
+/// default (3). Levels above 19 need large windows the 64 KiB chunks cannot use.
+pub fn check_zstd_level(level: i32) -> Result<i32, String> {
+    if (-100..=19).contains(&level) {
+        Ok(level)
+    } else {
+        Err(format!(
+            "zstd level {level} is out of range: use -100 (fastest) to 19 (smallest); 1 is the default"
+        ))
+    }
+}
+
 /// One chunk to ship: region `region` = bytes `offset .. offset + len` of the device.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ChunkSpec {
