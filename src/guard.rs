@@ -7,13 +7,31 @@
 //! `S`, resumes every device it guards that is still suspended. The guard runs in its own
 //! session and ignores the terminal's signals, so a Ctrl-C or a SIGTERM meant for the daemon
 //! does not take it away first.
+//!
+//! A daemon that does not die but stops (SIGSTOP, a debugger, a hung thread) would hold the
+//! primary suspended for as long as it is stopped. So while armed the guard watches the
+//! primary device (the last name it guards): once it is suspended, the daemon has
+//! [`WINDOW_DEADLINE`] to say `R` (what is left of a window is a few ioctls); from `S` on it
+//! has [`SUSPEND_DEADLINE`] in all (the suspend flushes the filesystem first). Past a
+//! deadline the guard resumes the devices itself. Invariant: a daemon must check, before its
+//! own resume, that the device is still suspended; if it is not, the guard took the window
+//! and the cut (or pass) is void: its frozen regions are merged back.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::cut::ioctl::DmControl;
+
+/// From the device seen suspended to `R`: the window's ioctls take milliseconds.
+pub const WINDOW_DEADLINE: Duration = Duration::from_secs(2);
+/// How often an armed guard looks at the device.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+/// From `S` to `R`: the suspend with lockfs flushes the filesystem first.
+pub const SUSPEND_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The daemon's handle on its guard.
 pub struct Guard {
@@ -80,30 +98,74 @@ pub fn run(names: &[String]) -> Result<()> {
         }
     }
     let ctl = DmControl::open().context("guard: cannot open /dev/mapper/control")?;
-    let mut armed = false;
-    let mut stdin = std::io::stdin().lock();
-    let mut buf = [0u8; 64];
-    loop {
-        match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => armed = buf[..n].last() == Some(&b'S'),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    if armed {
+    let resume_all = |why: &str| {
         for name in names {
             match ctl.is_suspended(name) {
                 Ok(Some(true)) => match ctl.resume(name) {
-                    Ok(()) => tracing::warn!(device = %name, "daemon died mid-cut: resumed"),
-                    Err(e) => {
-                        tracing::error!(device = %name, "daemon died mid-cut: resume failed: {e}")
-                    }
+                    Ok(()) => tracing::warn!(device = %name, "{why}: resumed"),
+                    Err(e) => tracing::error!(device = %name, "{why}: resume failed: {e}"),
                 },
                 Ok(_) => {}
                 Err(e) => tracing::error!(device = %name, "guard: cannot query: {e}"),
             }
         }
+    };
+    let watched = names.last().map(String::as_str).unwrap_or_default();
+    // Armed: since when (S) and since when the device was seen suspended.
+    let mut armed: Option<(Instant, Option<Instant>)> = None;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        if let Some((since, suspended_at)) = armed.as_mut() {
+            if !readable_within(stdin.as_raw_fd(), WATCH_EVERY) {
+                let now = Instant::now();
+                if suspended_at.is_none() && matches!(ctl.is_suspended(watched), Ok(Some(true))) {
+                    *suspended_at = Some(now);
+                }
+                let late = suspended_at.is_some_and(|t| now - t >= WINDOW_DEADLINE)
+                    || now - *since >= SUSPEND_DEADLINE;
+                if late {
+                    resume_all(
+                        "the daemon held the device suspended past its deadline (stopped or hung)",
+                    );
+                    armed = None;
+                }
+                continue;
+            }
+        }
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => match buf[..n].last() {
+                Some(b'S') => armed = Some((Instant::now(), None)),
+                Some(_) => armed = None,
+                None => {}
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if armed.is_some() {
+        resume_all("daemon died mid-cut");
     }
     Ok(())
+}
+
+/// Waits until `fd` is readable (or at end of file) for at most `t`.
+fn readable_within(fd: i32, t: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: `p` is one valid pollfd that lives across the call.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r >= 0 {
+            return r > 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true; // let read() report it
+        }
+    }
 }

@@ -341,13 +341,32 @@ impl DmCutSource {
                 .resume(&self.snap_name)
                 .map_err(|e| anyhow!("cannot activate {}: {e}", self.snap_name))
         });
+        let stolen = snap.is_ok() && self.window_stolen();
         // Resume whatever happened above: the primary must never stay suspended.
         let resumed = self.ctl.resume(&self.name);
         let elapsed = t0.elapsed();
         self.guard.disarm()?;
         resumed.with_context(|| format!("cannot resume {}", self.name))?;
         snap?;
+        if stolen {
+            return Err(self.stolen_error(elapsed));
+        }
         Ok((elapsed, res))
+    }
+
+    /// Whether the guard resumed the device while we held it suspended (we were stopped
+    /// past its deadline): writes then ran inside what should have been one instant.
+    fn window_stolen(&self) -> bool {
+        !matches!(self.ctl.is_suspended(&self.name), Ok(Some(true)))
+    }
+
+    fn stolen_error(&self, held: Duration) -> anyhow::Error {
+        anyhow!(
+            "the suspend guard resumed {} after {:.1} s because this process was stopped or \
+             hung inside the suspend window: the cut is void (its regions are merged back)",
+            self.name,
+            held.as_secs_f64()
+        )
     }
 
     /// A later pre-copy pass: suspend without lockfs (writes in flight complete and mark),
@@ -364,11 +383,18 @@ impl DmCutSource {
                 self.map.freeze(generation)?;
                 Ok(r)
             });
+        let stolen = got.is_ok() && self.window_stolen();
         let resumed = self.ctl.resume(&self.name);
         let elapsed = t0.elapsed();
         self.guard.disarm()?;
         resumed.with_context(|| format!("cannot resume {}", self.name))?;
-        Ok((elapsed, got?))
+        let got = got?;
+        if stolen {
+            // A write completing between the read and the freeze would be frozen without
+            // being copied: the pass is void (the caller merges every frozen region back).
+            return Err(self.stolen_error(elapsed));
+        }
+        Ok((elapsed, got))
     }
 }
 
