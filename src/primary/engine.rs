@@ -535,12 +535,8 @@ impl<'a> Replicator<'a> {
                 snapshot_end: None,
                 precopy_passes: 0,
             }),
-            Err((e, cow_invalid)) => {
+            Err(e) => {
                 self.status.cuts_aborted += 1;
-                if cow_invalid {
-                    // The replica may hold a bad image: force a rescan next time.
-                    self.state.last_cut = None;
-                }
                 if let Err(ae) = tokio::task::block_in_place(|| self.source.abort(cut)) {
                     tracing::error!(
                         error = %format!("{ae:#}"),
@@ -554,27 +550,23 @@ impl<'a> Replicator<'a> {
     }
 
     /// After shipping: the COW store must not have overflowed while the image was read.
-    /// Returns the stats, or the error and whether the COW store overflowed.
-    fn finish_ship(
-        &mut self,
-        ids: CutIds,
-        shipped: Result<ShipStats>,
-    ) -> Result<ShipStats, (anyhow::Error, bool)> {
+    ///
+    /// An overflow seen after the replica committed (the ship checks before `CutEnd`, so
+    /// only a late overflow gets here with `Ok`) fails the cut all the same: the primary
+    /// keeps its last cut, the replica is one ahead, and that mismatch makes the next cut
+    /// a rescan by itself. An overflow seen before `CutEnd` left the replica where it was:
+    /// the next cut is a plain incremental one of the merged-back regions.
+    fn finish_ship(&mut self, ids: CutIds, shipped: Result<ShipStats>) -> Result<ShipStats> {
         self.sample_cow();
         self.status.current_cut = None;
-        let cow_invalid = self.source.cow_usage().is_some_and(|c| c.invalid);
-        if cow_invalid {
-            let e = match shipped {
-                Ok(_) => anyhow!(
-                    "the copy-on-write store overflowed during cut {}: the image may be \
-                     invalid, the next cut rescans; use a larger --cow-size",
-                    ids.cut
-                ),
-                Err(e) => e,
-            };
-            return Err((e, true));
+        if self.source.cow_usage().is_some_and(|c| c.invalid) && shipped.is_ok() {
+            return Err(anyhow!(
+                "the copy-on-write store overflowed during cut {}: the image may be invalid, \
+                 the next cut rescans; use a larger --cow-size",
+                ids.cut
+            ));
         }
-        shipped.map_err(|e| (e, false))
+        shipped
     }
 
     /// Pre-copy, then the cut: pass 1 freezes the dirty regions and copies them from the
@@ -729,11 +721,8 @@ impl<'a> Replicator<'a> {
                 let _ = tokio::task::block_in_place(|| self.source.abort_precopy());
                 Err(anyhow!("cut {} ended without its residue (bug)", ids.cut))
             }
-            (Err((e, cow_invalid)), slot) => {
+            (Err(e), slot) => {
                 self.status.cuts_aborted += 1;
-                if cow_invalid {
-                    self.state.last_cut = None;
-                }
                 let aborted = tokio::task::block_in_place(|| match slot {
                     Some((cut, _, _)) => self.source.abort(cut),
                     None => self.source.abort_precopy(),

@@ -470,7 +470,7 @@ async fn failures_mid_precopy_or_mid_residue_lose_nothing() {
 /// The COW store overflows while a cut is read, with and without pre-copy, for an
 /// incremental cut and for a rescan: `CutEnd` is never sent, so the replica never commits
 /// the (invalid) image and stays at its last cut; every region is merged back and the next
-/// cut catches up exactly.
+/// cut, an incremental one, catches up exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cow_overflow_never_lets_the_replica_commit_the_cut() {
     let lab = Lab::new(11);
@@ -536,12 +536,14 @@ async fn cow_overflow_never_lets_the_replica_commit_the_cut() {
         let info = src.info().unwrap();
         assert_eq!(info.frozen_regions, 0, "frozen bits left");
         assert!(info.active_regions > 0, "bits lost");
-        let Step::Committed(_) = step(&lab, &addr, &stop, &mut src, None, precopy)
+        let Step::Committed(s) = step(&lab, &addr, &stop, &mut src, None, precopy)
             .await
             .unwrap()
         else {
             panic!("no cut")
         };
+        // The replica never saw the cut end: no rescan is needed to catch up.
+        assert_eq!(s.rescan_reason, None, "precopy {precopy}: {s:?}");
         assert_same(
             &lab.replica_bytes(),
             src.images.lock().unwrap().last().unwrap(),
