@@ -221,6 +221,8 @@ pub enum FrameError {
     Invalid(String),
     #[error("no frame within {0:?}")]
     Timeout(Duration),
+    #[error("the peer took no data for {0:?} (hung, stopped or overloaded): connection dropped")]
+    WriteStalled(Duration),
     #[error("frame I/O: {0}")]
     Io(#[from] io::Error),
 }
@@ -230,9 +232,10 @@ impl FrameError {
     pub fn code(&self) -> ErrorCode {
         match self {
             FrameError::Io(_) => ErrorCode::Io,
-            FrameError::Timeout(_) | FrameError::Closed | FrameError::UnsupportedVersion { .. } => {
-                ErrorCode::Protocol
-            }
+            FrameError::Timeout(_)
+            | FrameError::WriteStalled(_)
+            | FrameError::Closed
+            | FrameError::UnsupportedVersion { .. } => ErrorCode::Protocol,
             _ => ErrorCode::BadFrame,
         }
     }
@@ -459,10 +462,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 }
 
 /// Writes frames to an async byte stream. Each frame is one `write_all` of header and
-/// payload together (no small writes for Nagle to delay).
+/// payload together (no small writes for Nagle to delay). With a stall limit, a write or
+/// flush that makes no progress for that long fails with [`FrameError::WriteStalled`]: a
+/// peer that stops reading (a stopped process keeps its socket's window at zero forever)
+/// cannot hold the writer.
 pub struct FrameWriter<W> {
     inner: W,
     bytes_written: u64,
+    stall_limit: Option<Duration>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -470,7 +477,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter {
             inner,
             bytes_written: 0,
+            stall_limit: None,
         }
+    }
+
+    /// Fails writes that make no progress for `limit` (see the type's documentation).
+    pub fn with_stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = Some(limit);
+        self
     }
 
     /// Wire bytes written so far.
@@ -495,13 +509,33 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes a frame produced by [`encode_frame_buf`] or [`encode_frame`].
     pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
-        self.inner.write_all(bytes).await?;
-        self.bytes_written += bytes.len() as u64;
+        let Some(limit) = self.stall_limit else {
+            self.inner.write_all(bytes).await?;
+            self.bytes_written += bytes.len() as u64;
+            return Ok(());
+        };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = match tokio::time::timeout(limit, self.inner.write(rest)).await {
+                Err(_) => return Err(FrameError::WriteStalled(limit)),
+                Ok(r) => r?,
+            };
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+            rest = &rest[n..];
+            self.bytes_written += n as u64;
+        }
         Ok(())
     }
 
     pub async fn flush(&mut self) -> Result<(), FrameError> {
-        self.inner.flush().await?;
+        match self.stall_limit {
+            None => self.inner.flush().await?,
+            Some(limit) => tokio::time::timeout(limit, self.inner.flush())
+                .await
+                .map_err(|_| FrameError::WriteStalled(limit))??,
+        }
         Ok(())
     }
 

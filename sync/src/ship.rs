@@ -59,6 +59,9 @@ pub struct ShipOptions {
     pub reply_timeout: Duration,
     /// Longest wait, after CutEnd, for the replica to commit.
     pub commit_timeout: Duration,
+    /// Longest time the replica may take no data while a cut is sent (a stopped or hung
+    /// replica must not hold a cut, and its snapshot, forever).
+    pub write_stall_timeout: Duration,
     /// Regions per HashRequest in rescans and verifies (at most [`MAX_HASH_BATCH`]).
     pub hash_batch: u32,
 }
@@ -71,6 +74,7 @@ impl Default for ShipOptions {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             reply_timeout: Duration::from_secs(60),
             commit_timeout: Duration::from_secs(600),
+            write_stall_timeout: Duration::from_secs(60),
             hash_batch: 1024,
         }
     }
@@ -294,7 +298,7 @@ where
         chunk::check_geometry(&geometry).map_err(|e| ShipError::Input(e.to_string()))?;
         let mut conn = PrimaryConn {
             reader: FrameReader::new(reader),
-            writer: FrameWriter::new(writer),
+            writer: FrameWriter::new(writer).with_stall_limit(opts.write_stall_timeout),
             volume,
             geometry,
             replica: ReplicaInfo {

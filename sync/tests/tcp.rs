@@ -606,3 +606,58 @@ async fn many_small_chunks_with_a_window_of_one() {
     assert_same(&fx.device_bytes(), &fx.source_bytes(), "4 KiB regions");
     srv.stop().await;
 }
+
+/// A replica that answers the handshake and then stops reading (a stopped or hung
+/// process: its kernel keeps the connection open with a zero window) cannot hold a cut:
+/// the primary's writes fail after `write_stall_timeout` with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_reading_cannot_hold_the_cut() {
+    let fx = Fixture::new(512); // 32 MiB of random data: more than the sockets' buffers
+    fx.create(&mut Rng(77), 0);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = fx.g;
+    let stuck = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let (rd, wr) = sock.into_split();
+        let mut r = FrameReader::new(rd);
+        let mut w = FrameWriter::new(wr);
+        let Frame::Hello { .. } = r.read_frame().await.unwrap() else {
+            panic!("no Hello")
+        };
+        w.write_frame(&Frame::Welcome {
+            proto: bdr_sync::PROTO_VERSION,
+            volume: None,
+            last_cut: None,
+            dev_bytes: g.dev_bytes(),
+        })
+        .await
+        .unwrap();
+        w.flush().await.unwrap();
+        // Never read again; keep the socket open.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop((r, w));
+    });
+    let o = ShipOptions {
+        write_stall_timeout: Duration::from_secs(1),
+        ..opts()
+    };
+    let mut c = PrimaryConn::connect(addr, VOLUME, fx.g, o).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let e = c
+        .ship_cut(
+            image(&fx),
+            &all_regions(&fx.g),
+            CutIds {
+                cut: 1,
+                parent: None,
+            },
+            CutKind::Rescan,
+        )
+        .await
+        .expect_err("a cut into a replica that reads nothing");
+    let waited = t0.elapsed();
+    assert!(e.to_string().contains("took no data"), "{e}");
+    assert!(waited < Duration::from_secs(10), "held for {waited:?}");
+    stuck.abort();
+}
