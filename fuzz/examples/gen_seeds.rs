@@ -70,7 +70,13 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 regions: vec![],
             },
         ),
-        ("cutregions", Frame::CutRegions { regions }),
+        (
+            "cutregions",
+            Frame::CutRegions {
+                regions: regions.clone(),
+            },
+        ),
+        ("cutpass", Frame::CutPass { regions }),
         ("chunk-zstd", chunk::encode_chunk(4096, &text, 1)),
         (
             "chunk-raw",
