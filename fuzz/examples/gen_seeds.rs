@@ -4,7 +4,8 @@
 //!   payload to be wrapped in a valid header), plus a stream of several frames;
 //! * `replica_session`: inputs found by a deterministic random search, one per distinct
 //!   behaviour (commits, seeds, crashes at commit / while receiving, recovery replays and
-//!   discards, damaged journals, hash requests), preferring short ones.
+//!   discards, damaged journals, hash requests, multi-pass commits, crashes committing a
+//!   multi-pass cut), preferring short ones.
 //!
 //! Run from `fuzz/`: `cargo run --release --example gen_seeds` (stable is fine).
 
@@ -70,7 +71,13 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 regions: vec![],
             },
         ),
-        ("cutregions", Frame::CutRegions { regions }),
+        (
+            "cutregions",
+            Frame::CutRegions {
+                regions: regions.clone(),
+            },
+        ),
+        ("cutpass", Frame::CutPass { regions }),
         ("chunk-zstd", chunk::encode_chunk(4096, &text, 1)),
         (
             "chunk-raw",
@@ -147,7 +154,7 @@ impl Rng {
 }
 
 /// The behaviours an input shows, coarsely.
-fn signature(s: &Stats) -> [bool; 9] {
+fn signature(s: &Stats) -> [bool; 11] {
     [
         s.commits > 0,
         s.commits > 2,
@@ -158,13 +165,15 @@ fn signature(s: &Stats) -> [bool; 9] {
         s.replayed > 0 || s.recovery_crashes > 0,
         s.discarded > 0,
         s.torn > 0,
+        s.multi_pass_commits > 0,
+        s.multi_pass_crashes > 0,
     ]
 }
 
 fn session_seeds(dir: &Path) {
     let scratch = Scratch::new();
     let mut rng = Rng(0x0bd7_f022_5eed_0001);
-    let mut best: BTreeMap<[bool; 9], Vec<u8>> = BTreeMap::new();
+    let mut best: BTreeMap<[bool; 11], Vec<u8>> = BTreeMap::new();
     for _ in 0..150_000 {
         let len = 16 + (rng.next() % 240) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
@@ -172,7 +181,7 @@ fn session_seeds(dir: &Path) {
             continue;
         };
         let sig = signature(&replica::check(&scratch, &input));
-        if sig == [false; 9] {
+        if sig == [false; 11] {
             continue;
         }
         match best.get(&sig) {

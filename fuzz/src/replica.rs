@@ -3,16 +3,25 @@
 //! one clipped to 2 KiB) in a tmpfs directory, with process crashes (drop everything mid-way,
 //! optionally at an armed [`CommitStep`] of the commit or of the recovery) and reopens.
 //!
-//! The harness keeps a model: the image of every cut the replica committed. After every
-//! operation, and after every reopen (which runs the journal recovery):
+//! The harness keeps a model: the image of every cut the replica committed, and the cut
+//! being received pass by pass (protocol v2: `CutBegin` starts the first pass, each
+//! `CutPass` another with its own region set; the cut's set is their union and a region
+//! shipped in several passes takes the content of the last). After every operation, and
+//! after every reopen (which runs the journal recovery):
 //!
+//! * every frame is accepted or refused exactly as the model says (its phase, cut ids and
+//!   parents, region sets inside the volume, each pass complete before the next `CutPass`
+//!   or the `CutEnd`, at most `MAX_CUT_PASSES` passes, chunks in the current pass's set in
+//!   increasing order, sizes, hashes, `CutEnd` counting the chunks and bytes of all
+//!   passes), a refusal with one of the error codes the model expects; a frame the model
+//!   accepts may only fail by dying at an armed crash point;
 //! * the store's committed cut is the model's; after a crash it is the previous cut or the
 //!   cut being committed, exactly as the crash step's durability says;
-//! * the device equals the model's image of that cut, byte for byte (never a mix);
+//! * the device equals the model's image of that cut, byte for byte (never a mix, never an
+//!   earlier pass's content of a region a later pass shipped again);
 //! * no journal is left behind outside a cut; `Hashes` replies match the model's image;
-//! * a refused chunk or cut leaves everything as it was; a session error is a typed
-//!   [`SessionError`] (the harness also asserts that well-formed cuts commit, and tampered
-//!   chunks and wrong counts are refused).
+//! * a refused chunk or cut leaves everything as it was (the harness also asserts that
+//!   well-formed cuts, in one pass or several, commit).
 //!
 //! Chunks are built by the harness (data, zstd, blake3) and are valid unless the operation
 //! asks for tampering, so the fuzzer reaches commits easily.
@@ -25,7 +34,10 @@ use std::path::{Path, PathBuf};
 
 use arbitrary::Arbitrary;
 use bdr_sync::chunk;
-use bdr_sync::frame::{decode_frame, Codec, CutKind, ErrorCode, Frame, PROTO_VERSION};
+use bdr_sync::frame::{
+    decode_frame, Codec, CutKind, ErrorCode, Frame, MAX_CUT_PASSES, MAX_HASH_BATCH,
+    MAX_REGION_BYTES, PROTO_VERSION,
+};
 use bdr_sync::replica::{
     CommitStep, RecoveryReport, ReplicaSession, ReplicaStore, SessionError, StoreError,
 };
@@ -82,6 +94,29 @@ pub enum Op {
         rescan: bool,
         regions: u16,
         content: Content,
+    },
+    /// `CutPass` (protocol v2): ends the open cut's current pass and starts another with
+    /// this region set.
+    CutPass {
+        regions: RegionsSel,
+    },
+    /// Up to `count` further passes of the open cut, each a `CutPass` and one honest chunk
+    /// per region of its set (pass i ships `mask` rotated left by i, with its own content),
+    /// until one is refused: the first if the current pass is incomplete, else the one
+    /// past `MAX_CUT_PASSES`.
+    Passes {
+        count: u8,
+        mask: u16,
+        content: Content,
+    },
+    /// A whole well-formed cut in passes (with a Hello first if needed): `CutBegin` with
+    /// the first set, a `CutPass` per further one (at most `MAX_CUT_PASSES` passes in all),
+    /// each pass with its own content, then `CutEnd`. Must commit unless a crash point is
+    /// armed; a region shipped in several passes ends with the content of the last.
+    PassCut {
+        rescan: bool,
+        first: (u16, Content),
+        more: Vec<(u16, Content)>,
     },
     HashRequest {
         first: u8,
@@ -249,8 +284,19 @@ fn fill_random(buf: &mut [u8], seed: u64) {
     }
 }
 
+/// The content of pass `i` of an [`Op::Passes`]: `c`, different for each pass.
+pub fn pass_content(c: Content, i: u32) -> Content {
+    match c {
+        Content::Zeros if i == 0 => Content::Zeros,
+        Content::Zeros => Content::Byte(i as u8),
+        Content::Byte(b) => Content::Byte(b.wrapping_add(i as u8)),
+        Content::Random(s) => Content::Random(s.wrapping_add(i as u16)),
+        Content::Text(s) => Content::Text(s.wrapping_add(i as u8)),
+    }
+}
+
 /// The plain content of a chunk at `offset` of `len` bytes.
-fn content_bytes(c: Content, offset: u64, len: usize) -> Vec<u8> {
+pub fn content_bytes(c: Content, offset: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     match c {
         Content::Zeros => {}
@@ -289,6 +335,25 @@ fn chunk_frame(offset: u64, plain: &[u8], codec: CodecSel) -> Frame {
             data: zstd::bulk::compress(plain, 1).unwrap(),
         },
     }
+}
+
+/// Why the session refuses a region piece (`CutBegin`, `CutRegions`, `CutPass`) of
+/// geometry `g`: it does not parse, or it names a region past the volume's end.
+fn region_faults(bytes: &[u8], g: &Geometry) -> Vec<ErrorCode> {
+    match RoaringBitmap::deserialize_from(bytes) {
+        Err(_) => vec![ErrorCode::BadFrame],
+        Ok(set) if set.max().is_some_and(|m| u64::from(m) >= g.nr_regions) => {
+            vec![ErrorCode::OutOfRange]
+        }
+        Ok(_) => vec![],
+    }
+}
+
+/// The regions of `mask` (bit i: region i) that the volume has.
+fn mask_set(mask: u16, nr_regions: u64) -> RoaringBitmap {
+    (0..16u32)
+        .filter(|i| mask >> i & 1 == 1 && u64::from(*i) < nr_regions)
+        .collect()
 }
 
 fn serialize(set: &RoaringBitmap) -> Vec<u8> {
@@ -390,7 +455,8 @@ impl Scratch {
         ReplicaStore::open(&self.device, &self.state_dir).expect("open the replica store")
     }
 
-    fn device_bytes(&self) -> Vec<u8> {
+    /// The replica device's content (after [`check`]: the last committed cut's image).
+    pub fn device_bytes(&self) -> Vec<u8> {
         fs::read(&self.device).unwrap()
     }
 
@@ -455,23 +521,47 @@ fn hello(g: &Geometry, volume: [u8; 16]) -> Frame {
     }
 }
 
-/// The harness's view of the cut being received.
+/// The harness's view of the cut being received, pass by pass.
 struct Pending {
     id: u64,
     seed: bool,
     /// The device before the cut (the base of its image).
     base: Vec<u8>,
-    regions: RoaringBitmap,
-    /// offset → plain data of the chunks the session accepted.
-    chunks: BTreeMap<u64, Vec<u8>>,
-    /// Offset after the last accepted chunk.
+    /// The region set of each pass so far (`CutBegin`'s first, then one per `CutPass`,
+    /// each grown by its `CutRegions` pieces); the last one is the current pass.
+    passes: Vec<RoaringBitmap>,
+    /// Chunks the session accepted in the current pass.
+    pass_chunks: u64,
+    /// offset → (pass index, plain data) of the last chunk accepted for that offset: a
+    /// region shipped in several passes takes the content of the last.
+    chunks: BTreeMap<u64, (usize, Vec<u8>)>,
+    /// Chunks and plain bytes accepted over all passes (what `CutEnd` counts).
+    count: u64,
+    bytes: u64,
+    /// A region was shipped again with other content than an earlier pass's.
+    rewritten: bool,
+    /// Offset after the last chunk accepted in the current pass (the order restarts at
+    /// each pass).
     next_min: u64,
 }
 
 impl Pending {
+    fn pass(&self) -> &RoaringBitmap {
+        self.passes.last().expect("a cut has a pass")
+    }
+
+    fn pass_complete(&self) -> bool {
+        self.pass_chunks == self.pass().len()
+    }
+
+    /// The cut's region set: the union of its passes' sets.
+    fn regions(&self) -> RoaringBitmap {
+        self.passes.iter().fold(RoaringBitmap::new(), |a, p| a | p)
+    }
+
     fn image(&self) -> Vec<u8> {
         let mut img = self.base.clone();
-        for (off, d) in &self.chunks {
+        for (off, (_, d)) in &self.chunks {
             img[*off as usize..*off as usize + d.len()].copy_from_slice(d);
         }
         img
@@ -501,6 +591,35 @@ pub struct Stats {
     pub torn: u32,
     pub replayed: u32,
     pub discarded: u32,
+    /// `CutPass` frames accepted / refused.
+    pub passes: u32,
+    pub passes_refused: u32,
+    /// Cuts of two passes or more committed, and those of them where a later pass shipped
+    /// a region again with other content.
+    pub multi_pass_commits: u32,
+    pub rewritten_commits: u32,
+    /// Crashes injected at the CutEnd of a cut of two passes or more.
+    pub multi_pass_crashes: u32,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.commits += o.commits;
+        self.seeds_committed += o.seeds_committed;
+        self.refusals += o.refusals;
+        self.hashes += o.hashes;
+        self.crashes_at_commit += o.crashes_at_commit;
+        self.crashes_receiving += o.crashes_receiving;
+        self.recovery_crashes += o.recovery_crashes;
+        self.torn += o.torn;
+        self.replayed += o.replayed;
+        self.discarded += o.discarded;
+        self.passes += o.passes;
+        self.passes_refused += o.passes_refused;
+        self.multi_pass_commits += o.multi_pass_commits;
+        self.rewritten_commits += o.rewritten_commits;
+        self.multi_pass_crashes += o.multi_pass_crashes;
+    }
 }
 
 /// The committed cuts, as the harness knows them.
@@ -558,10 +677,159 @@ impl<'a> Harness<'a> {
         self.session.as_mut().expect("a session")
     }
 
-    /// Feeds one frame and keeps the model in step; returns the session's answer.
+    /// Why the session must refuse `f` now: the error codes it may report (the replica
+    /// names one of the reasons that apply). Empty: it must accept the frame (or die at an
+    /// armed crash point). The phase comes from the model: no `peer` before the Hello,
+    /// `pending` inside a cut.
+    fn verdict(&self, f: &Frame) -> Vec<ErrorCode> {
+        use ErrorCode::*;
+        if let Frame::Error { code, .. } = f {
+            return vec![*code];
+        }
+        if self.session.as_ref().expect("a session").failed() {
+            return vec![Protocol];
+        }
+        let mut why = Vec::new();
+        match f {
+            Frame::Hello {
+                proto,
+                volume,
+                dev_bytes,
+                region_bytes,
+            } => {
+                if self.peer.is_some() {
+                    return vec![Protocol];
+                }
+                let (rb, db) = (*region_bytes, *dev_bytes);
+                if *proto != PROTO_VERSION
+                    || rb == 0
+                    || rb % 512 != 0
+                    || rb > MAX_REGION_BYTES
+                    || db % 512 != 0
+                    || Geometry::new(rb / 512, db / 512).is_err()
+                {
+                    why.push(Protocol);
+                }
+                if self.model.volume.is_some_and(|v| v != *volume) {
+                    why.push(WrongVolume);
+                }
+                if db > DEV_BYTES {
+                    why.push(DeviceTooSmall);
+                }
+            }
+            Frame::HashRequest {
+                first_region,
+                count,
+            } => {
+                let Some((g, _)) = self.peer.filter(|_| self.pending.is_none()) else {
+                    return vec![Protocol];
+                };
+                if *count > MAX_HASH_BATCH {
+                    why.push(Protocol);
+                }
+                if first_region.saturating_add(u64::from(*count)) > g.nr_regions {
+                    why.push(OutOfRange);
+                }
+            }
+            Frame::CutBegin {
+                cut,
+                parent,
+                kind,
+                regions,
+            } => {
+                let Some((g, _)) = self.peer.filter(|_| self.pending.is_none()) else {
+                    return vec![Protocol];
+                };
+                let last = self.model.last;
+                if *kind == CutKind::Incremental && (last.is_none() || *parent != last) {
+                    why.push(WrongParent);
+                }
+                if last.is_some_and(|l| *cut <= l) {
+                    why.push(WrongParent);
+                }
+                why.extend(region_faults(regions, &g));
+            }
+            Frame::CutRegions { regions } => {
+                let Some(p) = &self.pending else {
+                    return vec![Protocol];
+                };
+                if p.pass_chunks > 0 {
+                    why.push(Protocol);
+                }
+                why.extend(region_faults(regions, &self.geometry()));
+            }
+            Frame::CutPass { regions } => {
+                let Some(p) = &self.pending else {
+                    return vec![Protocol];
+                };
+                // The previous pass must be complete, and there is a limit on passes.
+                if !p.pass_complete() || p.passes.len() >= MAX_CUT_PASSES as usize {
+                    why.push(Protocol);
+                }
+                why.extend(region_faults(regions, &self.geometry()));
+            }
+            Frame::Chunk {
+                offset,
+                len,
+                hash,
+                codec,
+                data,
+            } => {
+                let Some(p) = &self.pending else {
+                    return vec![Protocol];
+                };
+                let g = self.geometry();
+                if offset % g.region_bytes() != 0 {
+                    return vec![OutOfRange];
+                }
+                let region = offset / g.region_bytes();
+                let range = g.region_byte_range(region);
+                if range.is_empty() {
+                    return vec![OutOfRange];
+                }
+                if u32::try_from(region).map_or(true, |r| !p.pass().contains(r)) {
+                    why.push(OutOfRange);
+                }
+                if *offset < p.next_min {
+                    why.push(Protocol);
+                }
+                if u64::from(*len) != range.end - range.start {
+                    why.push(BadFrame);
+                } else {
+                    // Decoded only at the region's length (a frame may declare any).
+                    let mut d = zstd::bulk::Decompressor::new().unwrap();
+                    match chunk::decode_chunk_data(*codec, data.clone(), *len, &mut d) {
+                        Err(_) => why.push(BadFrame),
+                        Ok(plain) if blake3::hash(&plain).as_bytes() != hash => {
+                            why.push(HashMismatch)
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+            Frame::CutEnd { cut, chunks, bytes } => {
+                let Some(p) = &self.pending else {
+                    return vec![Protocol];
+                };
+                // The id, the last pass complete, the counts over all passes.
+                if *cut != p.id || !p.pass_complete() || *chunks != p.count || *bytes != p.bytes {
+                    why.push(Protocol);
+                }
+            }
+            Frame::Welcome { .. } | Frame::Committed { .. } | Frame::Hashes { .. } => {
+                why.push(Protocol)
+            }
+            Frame::Error { .. } => unreachable!(),
+        }
+        why
+    }
+
+    /// Feeds one frame and keeps the model in step; returns the session's answer. The
+    /// session must accept or refuse the frame as [`verdict`](Self::verdict) says.
     fn send(&mut self, frame: Frame) -> Result<Vec<Frame>, SessionError> {
         let was_in_cut = self.session().in_cut();
         let name = frame.name();
+        let refuse = self.verdict(&frame);
         let hello = match &frame {
             Frame::Hello {
                 volume,
@@ -579,20 +847,19 @@ impl<'a> Harness<'a> {
             Frame::CutRegions { regions } => Some(regions.clone()),
             _ => None,
         };
-        let chunk_plain = match &frame {
+        let pass = match &frame {
+            Frame::CutPass { regions } => Some(regions.clone()),
+            _ => None,
+        };
+        // (Decoded after the session accepted it, so at the region's length.)
+        let chunk_in = match &frame {
             Frame::Chunk {
                 offset,
                 codec,
                 data,
                 len,
                 ..
-            } => {
-                let mut d = zstd::bulk::Decompressor::new().unwrap();
-                Some((
-                    *offset,
-                    chunk::decode_chunk_data(*codec, data.clone(), *len, &mut d).ok(),
-                ))
-            }
+            } => Some((*offset, *codec, data.clone(), *len)),
             _ => None,
         };
         let hash_req = match &frame {
@@ -611,10 +878,17 @@ impl<'a> Harness<'a> {
                     let step = self
                         .armed
                         .unwrap_or_else(|| panic!("{name}: crash without an armed point: {e}"));
+                    assert!(
+                        refuse.is_empty(),
+                        "{name}: crashed at {step:?} but the model refuses it ({refuse:?})"
+                    );
                     let p = self.pending.take();
                     let seed = p.as_ref().is_some_and(|p| p.seed);
                     let committing = match (name, p) {
-                        ("CutEnd", Some(p)) => Some((p.id, p.image(), self.peer.unwrap().1)),
+                        ("CutEnd", Some(p)) => {
+                            self.stats.multi_pass_crashes += u32::from(p.passes.len() > 1);
+                            Some((p.id, p.image(), self.peer.unwrap().1))
+                        }
                         _ => None,
                     };
                     if name == "CutEnd" {
@@ -628,17 +902,27 @@ impl<'a> Harness<'a> {
                         seed,
                     });
                 } else {
-                    // (An Error frame from the primary comes back with the primary's code.)
+                    // (An Error frame from the primary comes back with the primary's code;
+                    // no store error is expected on tmpfs.)
                     assert!(
-                        name == "Error" || !matches!(e.code, ErrorCode::Io | ErrorCode::NoSpace),
-                        "{name}: unexpected store error on tmpfs: {e}"
+                        !refuse.is_empty(),
+                        "{name} refused but the model says it is valid: {e}"
+                    );
+                    assert!(
+                        refuse.contains(&e.code),
+                        "{name} refused with {e}, the model expects one of {refuse:?}"
                     );
                     self.pending = None;
                     self.stats.refusals += 1;
+                    self.stats.passes_refused += u32::from(name == "CutPass");
                 }
             }
             Ok(out) => {
                 assert!(!self.session().failed());
+                assert!(
+                    refuse.is_empty(),
+                    "{name} accepted but the model refuses it ({refuse:?})"
+                );
                 if let Some((volume, dev_bytes, region_bytes)) = hello {
                     let g = Geometry::new(region_bytes / 512, dev_bytes / 512).unwrap();
                     assert_eq!(g.dev_bytes(), dev_bytes);
@@ -662,8 +946,12 @@ impl<'a> Harness<'a> {
                         id,
                         seed,
                         base: self.scratch.device_bytes(),
-                        regions: set,
+                        passes: vec![set],
+                        pass_chunks: 0,
                         chunks: BTreeMap::new(),
+                        count: 0,
+                        bytes: 0,
+                        rewritten: false,
                         next_min: 0,
                     });
                 }
@@ -673,20 +961,44 @@ impl<'a> Harness<'a> {
                         .pending
                         .as_mut()
                         .expect("CutRegions accepted outside a cut");
-                    assert!(p.chunks.is_empty(), "CutRegions accepted after a chunk");
-                    p.regions |= set;
+                    assert_eq!(p.pass_chunks, 0, "CutRegions accepted after a chunk");
+                    *p.passes.last_mut().unwrap() |= set;
                 }
-                if let Some((offset, plain)) = chunk_plain {
-                    let plain = plain.expect("a chunk that does not decode was accepted");
+                if let Some(regions) = pass {
+                    let set = RoaringBitmap::deserialize_from(&regions[..]).unwrap();
+                    let p = self
+                        .pending
+                        .as_mut()
+                        .expect("CutPass accepted outside a cut");
+                    assert!(
+                        p.pass_complete(),
+                        "CutPass accepted after an incomplete pass"
+                    );
+                    assert!(p.passes.len() < MAX_CUT_PASSES as usize, "too many passes");
+                    p.passes.push(set);
+                    p.pass_chunks = 0;
+                    p.next_min = 0;
+                    self.stats.passes += 1;
+                }
+                if let Some((offset, codec, data, len)) = chunk_in {
                     let p = self.pending.as_mut().expect("Chunk accepted outside a cut");
                     let g = self.peer.unwrap().0;
                     assert!(offset >= p.next_min, "chunk out of order accepted");
                     assert_eq!(offset % g.region_bytes(), 0);
                     let r = offset / g.region_bytes();
-                    assert!(p.regions.contains(r as u32), "chunk outside the set");
+                    assert!(p.pass().contains(r as u32), "chunk outside the pass's set");
+                    let mut d = zstd::bulk::Decompressor::new().unwrap();
+                    let plain = chunk::decode_chunk_data(codec, data, len, &mut d)
+                        .expect("a chunk that does not decode was accepted");
                     assert_eq!(g.region_byte_range(r).end - offset, plain.len() as u64);
                     p.next_min = offset + plain.len() as u64;
-                    p.chunks.insert(offset, plain);
+                    p.pass_chunks += 1;
+                    p.count += 1;
+                    p.bytes += plain.len() as u64;
+                    let pass = p.passes.len() - 1;
+                    if let Some((_, old)) = p.chunks.insert(offset, (pass, plain)) {
+                        p.rewritten |= old != p.chunks[&offset].1;
+                    }
                 }
                 if let Some((first, count)) = hash_req {
                     self.stats.hashes += 1;
@@ -713,15 +1025,25 @@ impl<'a> Harness<'a> {
                 if name == "CutEnd" {
                     let p = self.pending.take().expect("CutEnd accepted outside a cut");
                     assert_eq!(out, &vec![Frame::Committed { cut: p.id }]);
-                    let covered: RoaringBitmap = p
-                        .chunks
-                        .keys()
-                        .map(|o| (o / self.peer.unwrap().0.region_bytes()) as u32)
-                        .collect();
-                    assert_eq!(covered, p.regions, "cut committed without all its chunks");
+                    let rb = self.peer.unwrap().0.region_bytes();
+                    assert!(
+                        p.pass_complete(),
+                        "cut committed with its last pass incomplete"
+                    );
+                    assert_eq!(p.count, p.passes.iter().map(|s| s.len()).sum::<u64>());
+                    let covered: RoaringBitmap = p.chunks.keys().map(|o| (o / rb) as u32).collect();
+                    assert_eq!(covered, p.regions(), "cut committed without all its chunks");
+                    // Each region's content is that of the last pass that shipped it.
+                    for (off, (pass, _)) in &p.chunks {
+                        let r = (off / rb) as u32;
+                        let last = p.passes.iter().rposition(|s| s.contains(r));
+                        assert_eq!(last, Some(*pass), "region {r}: not its last pass's content");
+                    }
                     let img = p.image();
                     self.stats.commits += 1;
                     self.stats.seeds_committed += u32::from(p.seed);
+                    self.stats.multi_pass_commits += u32::from(p.passes.len() > 1);
+                    self.stats.rewritten_commits += u32::from(p.rewritten);
                     self.model.images.insert(p.id, img);
                     self.model.last = Some(p.id);
                     self.model.volume = Some(self.peer.unwrap().1);
@@ -744,6 +1066,11 @@ impl<'a> Harness<'a> {
             return;
         }
         let s = self.session.as_ref().expect("a session");
+        assert_eq!(
+            s.in_cut(),
+            self.pending.as_ref().map(|p| p.id),
+            "the session and the model disagree on the open cut"
+        );
         let st = s.store().state();
         assert_eq!(st.map(|s| s.last_cut), self.model.last);
         assert_eq!(st.map(|s| s.volume), self.model.volume);
@@ -867,18 +1194,16 @@ impl<'a> Harness<'a> {
     fn regions(&self, sel: &RegionsSel) -> Vec<u8> {
         let nr = self.geometry().nr_regions;
         match sel {
-            RegionsSel::Mask(m) => serialize(
-                &(0..16u32)
-                    .filter(|i| m >> i & 1 == 1 && u64::from(*i) < nr)
-                    .collect(),
-            ),
+            RegionsSel::Mask(m) => serialize(&mask_set(*m, nr)),
             RegionsSel::Wide(m) => serialize(&(0..32u32).filter(|i| m >> i & 1 == 1).collect()),
             RegionsSel::Garbage(b) => b.clone(),
         }
     }
 
     fn op(&mut self, op: &Op) {
-        if self.session().failed() && !matches!(op, Op::Restart { .. } | Op::Cut { .. }) {
+        if self.session().failed()
+            && !matches!(op, Op::Restart { .. } | Op::Cut { .. } | Op::PassCut { .. })
+        {
             // A failed session only refuses; the primary reconnects.
             if self.crashed.is_none() {
                 self.reconnect();
@@ -906,7 +1231,11 @@ impl<'a> Harness<'a> {
                     } => (dev_bytes, region_bytes),
                 };
                 let f = Frame::Hello {
-                    proto: if *bad_proto { PROTO_VERSION + 1 } else { PROTO_VERSION },
+                    proto: if *bad_proto {
+                        PROTO_VERSION + 1
+                    } else {
+                        PROTO_VERSION
+                    },
                     volume,
                     dev_bytes,
                     region_bytes,
@@ -953,12 +1282,9 @@ impl<'a> Harness<'a> {
             } => self.chunk(*region, *content, *codec, *tamper),
             Op::CutEnd { id, counts } => {
                 let cut = self.id(*id);
-                let (mut chunks, mut bytes) = self.pending.as_ref().map_or((0, 0), |p| {
-                    (
-                        p.chunks.len() as u64,
-                        p.chunks.values().map(|d| d.len() as u64).sum(),
-                    )
-                });
+                // Counted over all passes (a region shipped twice counts twice).
+                let (mut chunks, mut bytes) =
+                    self.pending.as_ref().map_or((0, 0), |p| (p.count, p.bytes));
                 match counts {
                     CountSel::Right => {}
                     CountSel::ChunksOff(d) => chunks = chunks.wrapping_add_signed(i64::from(*d)),
@@ -975,7 +1301,28 @@ impl<'a> Harness<'a> {
                 rescan,
                 regions,
                 content,
-            } => self.whole_cut(*rescan, *regions, *content),
+            } => self.whole_cut(*rescan, &[(*regions, *content)]),
+            Op::CutPass { regions } => {
+                let f = Frame::CutPass {
+                    regions: self.regions(regions),
+                };
+                let _ = self.send(f);
+            }
+            Op::Passes {
+                count,
+                mask,
+                content,
+            } => self.passes(*count, *mask, *content),
+            Op::PassCut {
+                rescan,
+                first,
+                more,
+            } => {
+                let passes: Vec<_> = std::iter::once(*first)
+                    .chain(more.iter().copied())
+                    .collect();
+                self.whole_cut(*rescan, &passes);
+            }
             Op::HashRequest { first, count } => {
                 let _ = self.send(Frame::HashRequest {
                     first_region: u64::from(*first),
@@ -1025,7 +1372,7 @@ impl<'a> Harness<'a> {
                     return;
                 };
                 let from = p.next_min.div_ceil(g.region_bytes()) as u32;
-                match p.regions.iter().find(|r| *r >= from) {
+                match p.pass().iter().find(|r| *r >= from) {
                     Some(r) => u64::from(r) * g.region_bytes(),
                     None => return,
                 }
@@ -1080,7 +1427,36 @@ impl<'a> Harness<'a> {
         }
     }
 
-    fn whole_cut(&mut self, rescan: bool, mask: u16, content: Content) {
+    /// Up to `count` further passes of the open cut, each with all its chunks, until one
+    /// is refused or crashes (see [`Op::Passes`]).
+    fn passes(&mut self, count: u8, mask: u16, content: Content) {
+        for i in 0..u32::from(count) {
+            let g = self.geometry();
+            let set = mask_set(mask.rotate_left(i % 16), g.nr_regions);
+            if self
+                .send(Frame::CutPass {
+                    regions: serialize(&set),
+                })
+                .is_err()
+            {
+                return;
+            }
+            let c = pass_content(content, i);
+            for spec in chunk::plan_chunks(&set, &g) {
+                let plain = content_bytes(c, spec.offset, spec.len as usize);
+                if self
+                    .send(chunk_frame(spec.offset, &plain, CodecSel::Auto))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A whole well-formed cut of these passes (region mask and content of each; at most
+    /// `MAX_CUT_PASSES` are used), which must commit unless a crash point is armed.
+    fn whole_cut(&mut self, rescan: bool, passes: &[(u16, Content)]) {
         if self.crashed.is_some() {
             return;
         }
@@ -1093,30 +1469,38 @@ impl<'a> Harness<'a> {
                 .expect("Hello of the right volume refused");
         }
         let g = self.geometry();
-        let set: RoaringBitmap = (0..16u32)
-            .filter(|i| mask >> i & 1 == 1 && u64::from(*i) < g.nr_regions)
-            .collect();
         let rescan = rescan || self.model.last.is_none();
         let id = self.next_id();
-        let mut frames = vec![Frame::CutBegin {
-            cut: id,
-            parent: self.model.last,
-            kind: if rescan {
-                CutKind::Rescan
+        let mut frames = Vec::new();
+        let (mut chunks, mut bytes) = (0, 0);
+        for (i, (mask, content)) in passes.iter().take(MAX_CUT_PASSES as usize).enumerate() {
+            let set = mask_set(*mask, g.nr_regions);
+            frames.push(if i == 0 {
+                Frame::CutBegin {
+                    cut: id,
+                    parent: self.model.last,
+                    kind: if rescan {
+                        CutKind::Rescan
+                    } else {
+                        CutKind::Incremental
+                    },
+                    regions: serialize(&set),
+                }
             } else {
-                CutKind::Incremental
-            },
-            regions: serialize(&set),
-        }];
-        let mut bytes = 0;
-        for spec in chunk::plan_chunks(&set, &g) {
-            let plain = content_bytes(content, spec.offset, spec.len as usize);
-            frames.push(chunk_frame(spec.offset, &plain, CodecSel::Auto));
-            bytes += u64::from(spec.len);
+                Frame::CutPass {
+                    regions: serialize(&set),
+                }
+            });
+            for spec in chunk::plan_chunks(&set, &g) {
+                let plain = content_bytes(*content, spec.offset, spec.len as usize);
+                frames.push(chunk_frame(spec.offset, &plain, CodecSel::Auto));
+                chunks += 1;
+                bytes += u64::from(spec.len);
+            }
         }
         frames.push(Frame::CutEnd {
             cut: id,
-            chunks: set.len(),
+            chunks,
             bytes,
         });
         for f in frames {

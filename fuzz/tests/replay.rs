@@ -46,15 +46,14 @@ fn replica_session_inputs() {
         let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(&bytes)) else {
             continue;
         };
-        let s = replica::check(&scratch, &input);
-        total.commits += s.commits;
-        total.crashes_at_commit += s.crashes_at_commit;
-        total.replayed += s.replayed;
-        total.torn += s.torn;
+        total += replica::check(&scratch, &input);
     }
     // The seeds reach what the target is about.
     assert!(total.commits > 0, "{total:?}");
     assert!(total.crashes_at_commit > 0, "{total:?}");
     assert!(total.replayed > 0, "{total:?}");
     assert!(total.torn > 0, "{total:?}");
+    assert!(total.multi_pass_commits > 0, "{total:?}");
+    assert!(total.passes_refused > 0, "{total:?}");
+    assert!(total.multi_pass_crashes > 0, "{total:?}");
 }
