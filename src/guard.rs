@@ -97,6 +97,8 @@ pub fn run(names: &[String]) -> Result<()> {
             libc::signal(sig, libc::SIG_IGN);
         }
     }
+    // The daemon runs niced; its guard must not wait for CPU to resume a device.
+    crate::primary::commands::normal_priority();
     let ctl = DmControl::open().context("guard: cannot open /dev/mapper/control")?;
     let resume_all = |why: &str| {
         for name in names {

@@ -987,3 +987,42 @@ fn zstd_level_and_precopy_flags_take_effect() {
     let s = sync(&lab, &["--precopy", "--no-precopy"]);
     assert_eq!(s["precopy_passes"], 0, "{s}");
 }
+
+/// `primary run` yields to the primary's workload: every thread of the daemon runs at nice
+/// 10 with the lowest best-effort I/O priority.
+#[test]
+fn the_daemon_runs_niced_with_low_io_priority() {
+    let mut lab = Lab::new(24);
+    let (_replica, addr) = lab.start_replica("127.0.0.1:0");
+    let args = lab.primary_args(vec![
+        "primary",
+        "run",
+        "vol",
+        "--peer",
+        &addr,
+        "--interval",
+        "100ms",
+    ]);
+    let mut daemon = Proc::spawn(&args, &lab.root.join("primary.log"));
+    wait_for(Duration::from_secs(20), "the seed", || {
+        (lab.primary_status()?["cuts_committed"].as_u64()? >= 1).then_some(())
+    });
+    lab.write_random(3);
+    let tasks: Vec<_> = fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(tasks.len() > 1, "one thread only: {tasks:?}");
+    for t in &tasks {
+        let stat = fs::read_to_string(format!("/proc/{}/task/{t}/stat", daemon.pid())).unwrap();
+        // Fields after the command's closing parenthesis; nice is field 19 of stat(5).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, 10, "thread {t}: {stat}");
+        let tid: libc::c_int = t.parse().unwrap();
+        // SAFETY: ioprio_get(2) with integer arguments only.
+        let prio = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, tid) };
+        assert_eq!(prio, (2 << 13) | 7, "thread {t}: I/O priority");
+    }
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+}
