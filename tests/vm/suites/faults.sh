@@ -307,11 +307,12 @@ after_fault() { # KIND
 hold_s() { # a fault's duration: quick DEFAULT, full random 1..6 s
 	if [ "$TIER" = full ]; then rnd_ms $((1000 + RANDOM % 5000)); else echo 2; fi
 }
-# wait_state STATE SECONDS: until the daemon's status says STATE (polls every 20 ms).
+# wait_state STATES SECONDS: until the daemon's status says one of STATES (a grep -E
+# alternation, e.g. 'shipping|precopy'; polls every 20 ms).
 wait_state() {
 	local end=$((SECONDS + $2))
 	while [ $SECONDS -lt $end ]; do
-		grep -q "^  \"state\": \"$1\"" "$PDIR/status.json" 2>/dev/null && return 0
+		grep -Eq "^  \"state\": \"($1)\"" "$PDIR/status.json" 2>/dev/null && return 0
 		sleep 0.02
 	done
 	return 1
@@ -410,7 +411,7 @@ after_pstop_suspend() { # if the guard took the window, the daemon must have voi
 }
 f_pkill_ship() {
 	local st
-	wait_state shipping 8 && st=shipping || st="not shipping in 8 s: $(pj state)"
+	wait_state 'shipping|precopy' 8 && st="$(pj state)" || st="not shipping in 8 s: $(pj state)"
 	FSTART=$(now_ms)
 	daemon_kill9
 	NOTE="killed while $st"
@@ -419,7 +420,7 @@ f_pkill_ship() {
 }
 rkill() { # DELAY_MS
 	local st
-	wait_state shipping 8 && st=shipping || st="$(pj state)"
+	wait_state 'shipping|precopy' 8; st="$(pj state)"
 	[ "$1" = 0 ] || sleep "$(rnd_ms "$1")"
 	FSTART=$(now_ms)
 	serve_kill9
