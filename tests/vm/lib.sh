@@ -58,6 +58,13 @@
 #   unload_bdr         rmmod dm_bdr if it is loaded
 #   dmesg_mark / dmesg_since_mark   put a marker in the kernel log / print the kernel log
 #                      since the last marker (to check a case's own kernel messages)
+#
+# Processes and JSON
+#   now_ms             wall clock in milliseconds
+#   jget KEY           the first `"KEY": value` of pretty-printed JSON on stdin (strings
+#                      unquoted, null empty): enough for bdr's --json and status files
+#   kill_pidfile FILE  kill -9 the process whose pid is in FILE and reap it; FILE is emptied
+#                      (an empty or missing FILE: nothing to do). For cleanups: always 0
 
 RESULTS=${RESULTS:-/tmp/bdr-results}
 T_SUITE=${T_SUITE:-$(basename "$0" .sh)}
@@ -323,4 +330,20 @@ dmesg_since_mark() {
 	local m
 	m=$(cat "$_T_STATE/mark" 2>/dev/null) || { dmesg; return; }
 	dmesg | sed -n "/$m/,\$p" | tail -n +2
+}
+
+now_ms() { date +%s%3N; }
+
+jget() {
+	sed -n "s/^ *\"$1\": *\(.*\)\$/\1/p" | head -n 1 | sed 's/,$//; s/^"\(.*\)"$/\1/; s/^null$//'
+}
+
+kill_pidfile() {
+	local p
+	p=$(cat "$1" 2>/dev/null) || return 0
+	[ -n "$p" ] || return 0
+	kill -9 "$p" 2>/dev/null
+	wait "$p" 2>/dev/null
+	: >"$1"
+	return 0
 }

@@ -121,23 +121,9 @@ printf 'kind\tinjected_at\tprimary_io_errors\tworst_stall_ms\tcatchup_s\tbytes_s
 NSP=--net=/run/netns/bdrp
 NSR=--net=/run/netns/bdrr
 inp() { nsenter "$NSP" "$@"; }
-now_ms() { date +%s%3N; }
-# The first `"KEY": value` of pretty-printed JSON on stdin (strings unquoted, null empty).
-jget() {
-	sed -n "s/^ *\"$1\": *\(.*\)\$/\1/p" | head -n 1 | sed 's/,$//; s/^"\(.*\)"$/\1/; s/^null$//'
-}
 pj() { { jget "$1" <"$PDIR/status.json"; } 2>/dev/null; } # the daemon's status file, no bdr process
 rj() { { jget "$1" <"$RDIR/replica-status.json"; } 2>/dev/null; }
 rnd_ms() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); } # MS -> seconds for sleep
-kill_pidfile() {
-	local p
-	p=$(cat "$1" 2>/dev/null) || return 0
-	[ -n "$p" ] || return 0
-	kill -9 "$p" 2>/dev/null
-	wait "$p" 2>/dev/null
-	: >"$1"
-	return 0
-}
 
 # --- the replica -----------------------------------------------------------------------------
 serve_start() {

@@ -22,16 +22,7 @@ mkdir -p "$COW" "$MNT"
 : >"$OUT"
 SRC=(--cow "$COW" --cow-size 128M --state-dir "$PDIR")
 
-jget() { sed -n "s/^ *\"$1\": *\(.*\)\$/\1/p" | head -n 1 | sed 's/,$//; s/^"\(.*\)"$/\1/; s/^null$//'; }
 report() { printf '%s %s\n' "$(uname -r)" "$*" | tee -a "$OUT"; }
-kill_pidfile() {
-	local p
-	p=$(cat "$1" 2>/dev/null) || return 0
-	[ -n "$p" ] || return 0
-	kill -9 "$p" 2>/dev/null
-	wait "$p" 2>/dev/null
-	: >"$1"
-}
 
 # fio on a hot 4 MiB file (64 regions): random 4 KiB direct writes, unthrottled, in the
 # background until hot_stop. IOPS are counted on /dev/mapper/c itself (completed writes in
@@ -46,7 +37,6 @@ hot_start() {
 }
 hot_stop() { kill_pidfile "$T_SCRATCH/fio.pid"; }
 wcount() { awk '{print $5}' "/sys/block/$(basename "$(readlink -f /dev/mapper/c)")/stat"; }
-now_ms() { date +%s%3N; }
 iops_of() { awk -v w="$1" -v ms="$2" 'BEGIN {printf "%.0f", w * 1000 / ms}'; }
 
 # A burst of new file data (24 MiB, ~400 regions): what the next cut must ship.

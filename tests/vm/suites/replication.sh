@@ -34,27 +34,13 @@ mkdir -p "$COW" "$MNTS"
 
 inp() { ip netns exec bdrp "$@"; }
 inr() { ip netns exec bdrr "$@"; }
-now_ms() { date +%s%3N; }
 # The first `"KEY": value` of the pretty-printed JSON on stdin (strings unquoted, null empty).
 # (Python starts in about a second under emulation: keep it out of polling loops.)
-jget() {
-	sed -n "s/^ *\"$1\": *\(.*\)\$/\1/p" | head -n 1 | sed 's/,$//; s/^"\(.*\)"$/\1/; s/^null$//'
-}
 pstatus() { "$B" status c --json --state-dir "$PDIR"; }
 pst() { pstatus 2>/dev/null | jget "$1"; } # FIELD of the replication view
 dst() { pstatus 2>/dev/null | jget "$1"; }             # FIELD of the device
 timing() { printf '%s\n' "$*" | tee -a "$TIMES"; }
 
-# Kill -9 the process whose pid is in FILE (cleanup; a stopped one left an empty file).
-kill_pidfile() {
-	local p
-	p=$(cat "$1" 2>/dev/null) || return 0
-	[ -n "$p" ] || return 0
-	kill -9 "$p" 2>/dev/null
-	wait "$p" 2>/dev/null
-	: >"$1"
-	return 0
-}
 
 # --- replica ---------------------------------------------------------------------------------
 # serve_start [ADDR]: start `replica serve` in bdrr, wait until it listens (≤ 30 s).

@@ -30,18 +30,6 @@ chmod 700 "$P" "$R" "$X"
 inp() { BDR_CONFIG_DIR=$P ip netns exec bdrp "$@"; }
 inr() { BDR_CONFIG_DIR=$R ip netns exec bdrr "$@"; }
 inx() { ip netns exec bdrx "$@"; }
-jget() {
-	sed -n "s/^ *\"$1\": *\(.*\)\$/\1/p" | head -n 1 | sed 's/,$//; s/^"\(.*\)"$/\1/; s/^null$//'
-}
-kill_pidfile() {
-	local p
-	p=$(cat "$1" 2>/dev/null) || return 0
-	[ -n "$p" ] || return 0
-	kill -9 "$p" 2>/dev/null
-	wait "$p" 2>/dev/null
-	: >"$1"
-	return 0
-}
 # wait_file_json FILE KEY VALUE SECONDS
 wait_json() {
 	local end=$((SECONDS + $4)) v
