@@ -1026,3 +1026,58 @@ fn the_daemon_runs_niced_with_low_io_priority() {
     }
     assert!(daemon.terminate().success(), "{}", daemon.log());
 }
+
+/// A daemon killed after the replica committed its cut, before it recorded the commit,
+/// leaves the cut in flight in its state file and its regions frozen in the bitmap (what
+/// this test writes by hand). The next run adopts the replica's cut: an incremental cut
+/// of the frozen and newer regions, no rescan. In another bitmap generation it rescans.
+#[test]
+fn a_cut_the_replica_committed_unrecorded_is_adopted_without_rescan() {
+    let mut lab = Lab::new(25);
+    let (_replica, addr) = lab.start_replica("127.0.0.1:0");
+    lab.sync_once(&addr);
+    let state_file = lab.pstate.join("primary.json");
+    let map = FileDirtyMap::open(&lab.map).unwrap();
+    // Rewinds the state to "cut `cut` in flight" and freezes `regions` again, as a daemon
+    // killed between the replica's commit and its own record leaves them.
+    let rewind = |cut: u64, regions: &std::collections::BTreeSet<u64>| {
+        let mut st: Value = serde_json::from_slice(&fs::read(&state_file).unwrap()).unwrap();
+        st["last_cut"] = (cut - 1).into();
+        st["in_flight"] = serde_json::json!({
+            "cut": cut, "parent": cut - 1,
+            "generation": st["generation"].clone(), "taken_unix_ms": 1
+        });
+        fs::write(&state_file, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+        let g = map.info().unwrap().generation;
+        for r in regions {
+            map.mark(r * REGION, 1).unwrap();
+        }
+        map.freeze(g).unwrap();
+    };
+
+    let touched = lab.write_random(5);
+    let s = lab.sync_once(&addr);
+    assert_eq!(s["cut"], 2, "{s}");
+    rewind(2, &touched);
+    let more = lab.write_random(3);
+    let o = bdr(&lab.primary_args(vec!["sync", "--once", "vol", "--peer", &addr, "--json"]));
+    assert!(o.status.success(), "{}", show(&o));
+    let s: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["kind"], "incremental", "{s}");
+    assert_eq!(s["parent"], 2, "{s}");
+    assert_eq!(s["regions"], touched.union(&more).count() as u64, "{s}");
+    assert!(text(&o.stderr).contains("adopted"), "{}", show(&o));
+    lab.assert_replica_equals_primary();
+    let st: Value = serde_json::from_slice(&fs::read(&state_file).unwrap()).unwrap();
+    assert!(st.get("in_flight").is_none(), "{st}");
+
+    // The same, but the bitmap was recreated (bits lost): the replica is ahead, rescan.
+    let touched = lab.write_random(4);
+    let s = lab.sync_once(&addr);
+    let cut = s["cut"].as_u64().unwrap();
+    rewind(cut, &touched);
+    map.recreate().unwrap();
+    let s = lab.sync_once(&addr);
+    assert_eq!(s["kind"], "rescan", "{s}");
+    lab.assert_replica_equals_primary();
+}
