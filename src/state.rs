@@ -8,6 +8,7 @@
 //! | `lock` | `flock`ed by the process that cuts (daemon, `sync --once`, `verify`) |
 //!
 //! All 0600 in a 0700 dir, written atomically, refused when group or others can read them.
+//! Fields and the rules that use them: `docs/primary-state.md`.
 
 use std::fs::File;
 use std::io::Read;
