@@ -232,6 +232,12 @@ suspend_max() {
 	awk '/"suspend_ms_recent"/ {on=1; next} on && /\]/ {exit} on {gsub(/[ ,]/, ""); if ($0 + 0 > m) m = $0 + 0} END {printf "%.0f", m}' \
 		"$PDIR/status.json" 2>/dev/null
 }
+# suspend_since FROM_LINE: the largest suspend window of the cuts committed after FROM_LINE
+# of the daemon's log (their "cut committed ... suspend_ms=" lines), ms.
+suspend_since() {
+	tail -n +"$(($1 + 1))" "$PLOG" | sed 's/\x1b\[[0-9;]*m//g' | grep ' cut committed cut=' |
+		sed -n 's/.* suspend_ms="\{0,1\}\([0-9.]*\).*/\1/p' | awk '$1 > m {m = $1} END {printf "%.0f", m}'
+}
 # worst_stall A B: the slowest probe write ending in [A, B] (ms).
 worst_stall() {
 	awk -v a="$1" -v b="$2" '$1 >= a && $1 <= b && ($2 == "L" || $2 == "H") && $3 > m {m = $3} END {printf "%.0f", m}' "$PROBE"
@@ -262,7 +268,9 @@ after_fault() { # KIND
 	fi
 	sleep 0.3 # the probe's last heartbeat
 	stall=$(worst_stall "$FSTART" "$CU_MS")
-	ref=$(suspend_max)
+	# The windows of this fault's own cuts (the status file's list would carry a window a
+	# stopped daemon stretched into the next faults).
+	ref=$(suspend_since "$PLINE")
 	[ "$ref" -ge "$STALL_ALLOW_MS" ] || ref=$STALL_ALLOW_MS # a fault whose stall is by design
 	limit=$(( (ref > BASE_WORST ? ref : BASE_WORST) + STALL_MARGIN_MS ))
 	e=$(awk -v a="$FSTART" -v b="$CU_MS" '$1 >= a && $1 <= b && $2 == "E"' "$PROBE" | wc -l)
