@@ -156,6 +156,7 @@ while True:
     if not b: break
     n += len(b)
 c.sendall(b"%d" % n); c.close()' &
+rcv=$!
 sleep 1
 ip netns exec cup python3 -c '
 import os, socket, sys, time
@@ -167,7 +168,7 @@ s.shutdown(socket.SHUT_WR); got = int(s.recv(64)); ms = (time.monotonic() - t0) 
 assert got == n, (got, n)
 print("tcp\t%d\t%.0f\t%d" % (n, ms, n))' $((link_mb * 1048576)) >>"$RESULTS/link.tsv" ||
 	t_fail "plain TCP stream"
-wait
+wait "$rcv" # (not a bare wait: the replica and the rsync daemon run in the background too)
 # bdr: the same amount of random data in distinct regions, one cut, no pre-copy (one pass).
 change_regions $((link_mb * 1048576 / region)) || t_fail "writes"
 ip netns exec cup "$B" sync --once c --peer "$PEER" --cow "$COW" --cow-size 256M --no-precopy \
