@@ -473,6 +473,8 @@ f_cow_full() {
 	daemon_term
 	DAEMON_OPTS=(--no-precopy)
 	daemon_start
+	# Connected and cutting before the link dies (else it only retries its connection).
+	wait_in_sync "$(now_ms)" 30 >/dev/null
 	FSTART=$(now_ms)
 	netem_both loss 100%
 	# Whatever was shipping has finished or is stuck, and the next cut (interval 1 s) is taken
