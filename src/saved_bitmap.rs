@@ -243,7 +243,6 @@ mod tests {
             last_cut_taken_unix_ms: None,
             last_cut_committed_unix_ms: None,
             last_error: None,
-            in_flight: None,
         };
         assert!(continue_state(&mut st, &h, ng.0, "m2"));
         assert_eq!(st.generation, Some(ng.0));

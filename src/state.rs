@@ -84,20 +84,6 @@ pub struct PrimaryState {
     pub last_cut_committed_unix_ms: Option<u64>,
     #[serde(default)]
     pub last_error: Option<ErrorNote>,
-    /// The cut being shipped, recorded before its first frame: a daemon killed after the
-    /// replica committed it, before `last_cut` says so, leaves this for the next one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub in_flight: Option<InFlightCut>,
-}
-
-/// A cut this primary started to ship (see [`PrimaryState::in_flight`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlightCut {
-    pub cut: u64,
-    pub parent: Option<u64>,
-    /// The bitmap generation the cut freezes its regions in.
-    pub generation: u64,
-    pub taken_unix_ms: u64,
 }
 
 impl PrimaryState {
@@ -184,7 +170,6 @@ impl StateDir {
             last_cut_taken_unix_ms: None,
             last_cut_committed_unix_ms: None,
             last_error: None,
-            in_flight: None,
         };
         self.save(&s)?;
         tracing::info!(volume = %s.volume, dir = %self.dir.display(), "new volume UUID");

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::progress::Reporter;
 use crate::cut::{Cut, CutSource};
 use crate::primary_status::{CowFill, CutShape, PrimaryStatus};
-use crate::state::{now_ms, ErrorNote, InFlightCut, PrimaryState, StateDir};
+use crate::state::{now_ms, ErrorNote, PrimaryState, StateDir};
 
 type Conn = PrimaryConn<OwnedReadHalf, OwnedWriteHalf>;
 
@@ -393,7 +393,7 @@ impl<'a> Replicator<'a> {
         self.note_info(&info);
         self.connect(&info).await?;
         let replica = self.conn.as_ref().expect("connected").0.replica().clone();
-        self.settle_in_flight(&replica, &info)?;
+        self.adopt_unrecorded_cut(&replica, &info)?;
         let pre = rescan_reason(&self.state, &replica, info.generation.0);
         if skip_clean && pre.is_none() && info.active_regions == 0 && info.frozen_regions == 0 {
             self.status.in_sync_unix_ms = Some(now_ms());
@@ -405,13 +405,6 @@ impl<'a> Replicator<'a> {
         let dirty = info.active_regions + info.frozen_regions;
         let precopy =
             self.precopy.enabled && pre.is_none() && self.precopy.another_pass(0, None, dirty);
-        self.state.in_flight = Some(InFlightCut {
-            cut: ids.cut,
-            parent: ids.parent,
-            generation: info.generation.0,
-            taken_unix_ms: now_ms(),
-        });
-        self.dir.save(&self.state)?;
         let shipped = if precopy {
             self.precopy_and_ship(ids, &info, stop).await?
         } else {
@@ -430,7 +423,6 @@ impl<'a> Replicator<'a> {
         // State first: a crash before the ack leaves frozen bits that the next cut merges
         // back and ships again; a crash after it finds the replica at our last cut.
         self.state.last_cut = Some(ids.cut);
-        self.state.in_flight = None;
         self.state.generation = Some(cut.generation.0);
         self.state.bitmap_id = Some(info.id.clone());
         self.state.last_cut_taken_unix_ms = Some(taken_ms);
@@ -495,33 +487,29 @@ impl<'a> Replicator<'a> {
         Ok(Step::Committed(summary))
     }
 
-    /// Settles the cut an earlier run left in flight. If the replica committed it (the
-    /// daemon died after `CutEnd`, before recording the commit), it is adopted as the last
-    /// cut: no rescan. Invariant: that is exact only while the bitmap is still in the
-    /// generation the cut froze its regions in: then its frozen set (the cut's regions,
-    /// merged back and shipped again by the next cut) and its active set (written since
-    /// the cut) hold every write since the cut's instant. Otherwise the usual rules apply
-    /// ([`rescan_reason`]: the replica is ahead, so a rescan).
-    fn settle_in_flight(&mut self, replica: &ReplicaInfo, info: &MapInfo) -> Result<()> {
-        let Some(f) = self.state.in_flight.take() else {
+    /// Adopts the cut a killed predecessor shipped but never recorded: the replica is
+    /// exactly one cut ahead of `last_cut` (the daemon died after `CutEnd`, before saving
+    /// the commit). Invariant: that is exact only while the bitmap is in the generation
+    /// `last_cut` was recorded in: then every write since `last_cut` is still a bit, frozen
+    /// (the adopted cut's regions, merged back and shipped again by the next cut) or active
+    /// (written since); the adopted cut, taken after `last_cut` in that generation, adds
+    /// nothing the bitmap lacks. Otherwise [`rescan_reason`] decides (a rescan).
+    fn adopt_unrecorded_cut(&mut self, replica: &ReplicaInfo, info: &MapInfo) -> Result<()> {
+        let (Some(mine), Some(theirs)) = (self.state.last_cut, replica.last_cut) else {
             return Ok(());
         };
-        if replica.last_cut == Some(f.cut)
-            && self.state.last_cut == f.parent
-            && info.generation.0 == f.generation
-        {
-            tracing::warn!(
-                cut = f.cut,
-                "the replica committed cut {} before this primary recorded it (the daemon \
-                 stopped in between): adopted as the last cut, no rescan",
-                f.cut
-            );
-            self.state.last_cut = Some(f.cut);
-            self.state.generation = Some(f.generation);
-            self.state.last_cut_taken_unix_ms = Some(f.taken_unix_ms);
-            self.state.last_cut_committed_unix_ms = None;
-            self.status.last_cut = self.state.last_cut;
+        if theirs != mine + 1 || self.state.generation != Some(info.generation.0) {
+            return Ok(());
         }
+        tracing::warn!(
+            cut = theirs,
+            "the replica committed cut {theirs} before this primary recorded it (the daemon \
+             stopped in between): adopted as the last cut, no rescan"
+        );
+        self.state.last_cut = Some(theirs);
+        self.state.last_cut_taken_unix_ms = None;
+        self.state.last_cut_committed_unix_ms = None;
+        self.status.last_cut = self.state.last_cut;
         self.dir.save(&self.state)
     }
 
@@ -836,7 +824,7 @@ impl<'a> Replicator<'a> {
         self.note_info(&info);
         self.connect(&info).await?;
         let replica = self.conn.as_ref().expect("connected").0.replica().clone();
-        self.settle_in_flight(&replica, &info)?;
+        self.adopt_unrecorded_cut(&replica, &info)?;
         self.set_state("cutting");
         let cut = tokio::task::block_in_place(|| self.source.take())?;
         // The cut's regions were written since the last committed cut: when the replica is
@@ -990,7 +978,6 @@ mod tests {
             last_cut_taken_unix_ms: None,
             last_cut_committed_unix_ms: None,
             last_error: None,
-            in_flight: None,
         }
     }
 
