@@ -509,16 +509,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes a frame produced by [`encode_frame_buf`] or [`encode_frame`].
     pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
-        let Some(limit) = self.stall_limit else {
-            self.inner.write_all(bytes).await?;
-            self.bytes_written += bytes.len() as u64;
-            return Ok(());
-        };
         let mut rest = bytes;
         while !rest.is_empty() {
-            let n = match tokio::time::timeout(limit, self.inner.write(rest)).await {
-                Err(_) => return Err(FrameError::WriteStalled(limit)),
-                Ok(r) => r?,
+            let write = self.inner.write(rest);
+            let n = match self.stall_limit {
+                None => write.await?,
+                Some(limit) => tokio::time::timeout(limit, write)
+                    .await
+                    .map_err(|_| FrameError::WriteStalled(limit))??,
             };
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero).into());
