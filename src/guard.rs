@@ -98,7 +98,7 @@ pub fn run(names: &[String]) -> Result<()> {
         }
     }
     // The daemon runs niced; its guard must not wait for CPU to resume a device.
-    crate::primary::commands::normal_priority();
+    crate::priority::normal();
     let ctl = DmControl::open().context("guard: cannot open /dev/mapper/control")?;
     let resume_all = |why: &str| {
         for name in names {

@@ -14,6 +14,7 @@ mod kmod;
 mod mountinfo;
 mod primary;
 mod primary_status;
+mod priority;
 mod private_file;
 mod replica;
 mod saved_bitmap;

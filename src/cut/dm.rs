@@ -260,7 +260,7 @@ impl DmCutSource {
                         self.name
                     )
                 })?;
-            let _urgent = Urgent::new();
+            let _urgent = crate::priority::Urgent::new();
             self.guard.arm()?;
             let r = self
                 .ctl
@@ -322,7 +322,7 @@ impl DmCutSource {
         generation: Generation,
         residue: bool,
     ) -> Result<(Duration, Option<RoaringBitmap>)> {
-        let _urgent = Urgent::new();
+        let _urgent = crate::priority::Urgent::new();
         self.guard.arm()?;
         let t0 = Instant::now();
         let suspended = self.ctl.suspend(&self.name, true);
@@ -374,7 +374,7 @@ impl DmCutSource {
     /// A later pre-copy pass: suspend without lockfs (writes in flight complete and mark),
     /// read the active set, freeze it, resume.
     fn separate(&mut self, generation: Generation) -> Result<(Duration, RoaringBitmap)> {
-        let _urgent = Urgent::new();
+        let _urgent = crate::priority::Urgent::new();
         self.guard.arm()?;
         let t0 = Instant::now();
         let got = self
@@ -431,41 +431,6 @@ impl Drop for SignalsHeld {
         // SAFETY: restores the mask saved by `new` on the same thread.
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Normal CPU priority for this thread while it lives. The daemon runs niced (it yields to
-/// the primary's workload), but inside a suspend window the primary waits for it: there it
-/// must not wait behind the primary's own CPU-bound threads. Best effort (lowering a nice
-/// value needs CAP_SYS_NICE; without it the window simply runs niced).
-struct Urgent {
-    old: Option<libc::c_int>,
-}
-
-impl Urgent {
-    fn new() -> Urgent {
-        // SAFETY: errno is this thread's; getpriority/setpriority on the calling thread
-        // with integer arguments only.
-        unsafe {
-            *libc::__errno_location() = 0;
-            let old = libc::getpriority(libc::PRIO_PROCESS, 0);
-            if old == -1 && *libc::__errno_location() != 0 {
-                return Urgent { old: None };
-            }
-            if old > 0 && libc::setpriority(libc::PRIO_PROCESS, 0, 0) == 0 {
-                return Urgent { old: Some(old) };
-            }
-        }
-        Urgent { old: None }
-    }
-}
-
-impl Drop for Urgent {
-    fn drop(&mut self) {
-        if let Some(old) = self.old {
-            // SAFETY: as in `new`, on the same thread.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, old) };
         }
     }
 }
@@ -756,28 +721,6 @@ fn remove_if_present(dm: &DM, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Inside a window the thread runs at nice 0, and goes back to its nice value after
-    /// (as root, as the daemon runs; elsewhere lowering a nice value is refused).
-    #[test]
-    fn urgent_lifts_the_nice_value_for_the_window_only() {
-        std::thread::spawn(|| {
-            // SAFETY: getpriority on this thread, integer arguments only.
-            let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-            // SAFETY: setpriority on this thread.
-            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) }, 0);
-            {
-                let _u = Urgent::new();
-                // SAFETY: geteuid has no preconditions.
-                if unsafe { libc::geteuid() } == 0 {
-                    assert_eq!(nice(), 0);
-                }
-            }
-            assert_eq!(nice(), 10);
-        })
-        .join()
-        .unwrap();
-    }
 
     #[test]
     fn snapshot_status_lines() {

@@ -26,45 +26,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// nice value of `primary run` and `sync --once`.
-pub const DAEMON_NICE: i32 = 10;
-
-/// The replication's CPU and disk time come second to the primary's own workload: nice
-/// [`DAEMON_NICE`] and the lowest best-effort I/O priority. Linux applies both per thread
-/// and new threads inherit them, so this runs on the main thread before the runtime's
-/// threads exist. (The suspend guard, a child, goes back to normal: see `guard::run`.)
-pub fn yield_to_the_primary() {
-    // SAFETY: setpriority(2) on the calling thread; integer arguments only.
-    let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, DAEMON_NICE) };
-    // SAFETY: ioprio_set(2) on the calling thread; integer arguments only.
-    let io = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, ioprio_be(7)) };
-    if nice != 0 || io != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot lower this process's CPU or I/O priority: replication competes with the \
-             primary's workload on equal terms"
-        );
-    }
-}
-
-const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-
-/// IOPRIO_PRIO_VALUE(IOPRIO_CLASS_BE, level) of linux/ioprio.h.
-pub fn ioprio_be(level: libc::c_int) -> libc::c_int {
-    const IOPRIO_CLASS_BE: libc::c_int = 2;
-    const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
-    (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | level
-}
-
-/// Back to normal CPU and I/O priority (the guard: it must resume a device at once).
-pub fn normal_priority() {
-    // SAFETY: as in yield_to_the_primary; 0 and best-effort 4 are the defaults.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 0);
-        libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, ioprio_be(4));
-    }
-}
-
 /// A receiver that becomes true at the first SIGINT or SIGTERM. Call inside the runtime.
 pub fn stop_on_signals() -> Result<watch::Receiver<bool>> {
     let (tx, rx) = watch::channel(false);
@@ -91,7 +52,7 @@ pub fn stop_on_signals() -> Result<watch::Receiver<bool>> {
 /// `bdr primary run NAME --peer ADDR --interval D`.
 pub fn primary_run(a: &PrimaryRunArgs) -> Result<()> {
     let peer = required(a.peer.clone(), "--peer", &a.name)?;
-    yield_to_the_primary();
+    crate::priority::yield_to_the_primary();
     let interval = a.interval.unwrap_or(DEFAULT_INTERVAL);
     let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
     let mut src = source::open(&a.name, &a.source)?;
@@ -183,7 +144,7 @@ pub fn render_summary(s: &CutSummary) -> String {
 /// `bdr sync --once NAME --peer ADDR`.
 pub fn sync_once(a: &SyncArgs) -> Result<()> {
     let peer = required(a.peer.clone(), "--peer", &a.name)?;
-    yield_to_the_primary();
+    crate::priority::yield_to_the_primary();
     let dir = StateDir::open_locked(&source::state_dir(&a.name, &a.source))?;
     let mut src = source::open(&a.name, &a.source)?;
     let step = runtime()?.block_on(async {
