@@ -551,7 +551,7 @@ fn torn_or_corrupt_uncommitted_journals_are_discarded() {
     // Crash right after the commit record, then damage the journal in various ways: a
     // journal whose commit record does not verify is discarded (the device was not yet
     // touched, so that is cut 1).
-    for damage in 0..4 {
+    for damage in 0..6 {
         let fx = Fixture::new(4);
         let mut rng = Rng(200 + damage);
         let s = seeded(&fx, &mut rng);
@@ -580,7 +580,9 @@ fn torn_or_corrupt_uncommitted_journals_are_discarded() {
             0 => bytes.truncate(bytes.len() - 1),      // torn commit record
             1 => bytes.truncate(bytes.len() - 64 - 7), // torn chunk data, no commit
             2 => bytes[64 + 48 + 10] ^= 1,             // flipped data bit
-            _ => bytes.truncate(30),                   // torn header
+            3 => bytes[64 + 9] ^= 1, // a record's offset: only the digest covers it
+            4 => bytes[64 + 20] ^= 1, // a record's hash
+            _ => bytes.truncate(30), // torn header
         }
         fs::write(&j, &bytes).unwrap();
         let store = open(&fx);
@@ -591,6 +593,66 @@ fn torn_or_corrupt_uncommitted_journals_are_discarded() {
         );
         assert_eq!(store.state().unwrap().last_cut, 1);
         assert_same(&fx.device_bytes(), &cut1, "discarded journal");
+    }
+}
+
+/// A committed journal of version 1 (its digest covers the data too), as an older bdr
+/// leaves it after a crash past the commit point, is still replayed; the same journal with
+/// a version-2 digest under the version-1 magic is not.
+#[test]
+fn committed_version_1_journal_is_replayed() {
+    for v1_digest in [true, false] {
+        let fx = Fixture::new(4);
+        let mut rng = Rng(300);
+        let s = seeded(&fx, &mut rng);
+        let cut1 = fx.device_bytes();
+        let set = scribble(&fx.source(), &fx.g, &mut rng, 3);
+        let cut2 = fx.source_bytes();
+        let mut store = s.into_store();
+        store.set_crash_point(Some(CommitStep::CommitRecord));
+        let mut s = ReplicaSession::new(store);
+        s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+        let frames = cut_frames(&cut2, &fx.g, &set, 2, Some(1), CutKind::Incremental);
+        assert!(feed(&mut s, frames).is_err());
+        drop(s);
+        let j = fx.state_dir().join("journal");
+        let mut bytes = fs::read(&j).unwrap();
+        assert_eq!(&bytes[0..8], b"BDRJRNL2");
+        bytes[0..8].copy_from_slice(b"BDRJRNL1");
+        let body = bytes.len() - 64;
+        if v1_digest {
+            let digest = blake3::hash(&bytes[..body]);
+            bytes[body + 32..].copy_from_slice(digest.as_bytes());
+        } else {
+            // The version-2 digest did not cover the old magic: recompute it the v2 way.
+            let mut h = blake3::Hasher::new();
+            h.update(&bytes[..64]);
+            let mut at = 64;
+            while at < body {
+                let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+                h.update(&bytes[at..at + 48]);
+                at += 48 + len;
+            }
+            bytes[body + 32..].copy_from_slice(h.finalize().as_bytes());
+        }
+        fs::write(&j, &bytes).unwrap();
+        let store = open(&fx);
+        if v1_digest {
+            assert!(
+                matches!(store.recovery(), RecoveryReport::Replayed { cut: 2, .. }),
+                "{:?}",
+                store.recovery()
+            );
+            assert_eq!(store.state().unwrap().last_cut, 2);
+            assert_same(&fx.device_bytes(), &cut2, "replayed version-1 journal");
+        } else {
+            assert!(
+                matches!(store.recovery(), RecoveryReport::Discarded { .. }),
+                "{:?}",
+                store.recovery()
+            );
+            assert_same(&fx.device_bytes(), &cut1, "discarded journal");
+        }
     }
 }
 

@@ -1,24 +1,30 @@
 //! The redo journal of one cut: header, chunk records, commit record.
 //!
 //! ```text
-//! header (64 B):  "BDRJRNL1" | volume [16] | cut u64 | parent u64 (u64::MAX = none)
+//! header (64 B):  "BDRJRNL2" | volume [16] | cut u64 | parent u64 (u64::MAX = none)
 //!                 | dev_bytes u64 | region_bytes u32 | kind u32 (0 incr., 1 rescan) | 0 u64
 //! chunk record:   "CHNK" | len u32 | offset u64 | blake3 [32] | data [len]
 //! commit record:  "CMIT" | 0 u32 | cut u64 | chunks u64 | bytes u64 | digest [32]
 //! ```
-//! All integers little-endian. `digest` is the blake3 of every byte of the journal before
-//! the commit record. A journal is *committed* iff its commit record is complete and its
-//! digest, cut, chunk count and byte count match; anything else (torn tail, zeros of the
-//! preallocated space, garbage) means "not committed". See `docs/replica-journal.md`.
+//! All integers little-endian. `digest` is the blake3 of the header and of every chunk
+//! record's 48-byte head, in order; the head holds the blake3 of the record's data, so the
+//! digest binds every data byte without hashing the data a second time. A journal is
+//! *committed* iff its commit record is complete, its digest, cut, chunk count and byte
+//! count match and every record's data matches its hash; anything else (torn tail, zeros of
+//! the preallocated space, garbage) means "not committed". A version-1 journal
+//! ("BDRJRNL1", left by an older bdr) differs only in that its digest covers the data too;
+//! it is still read. See `docs/replica-journal.md`.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 
 use crate::frame::{CutKind, MAX_REGION_BYTES};
 
 pub(crate) const JOURNAL_FILE: &str = "journal";
-pub(crate) const HEADER_MAGIC: &[u8; 8] = b"BDRJRNL1";
+pub(crate) const HEADER_MAGIC: &[u8; 8] = b"BDRJRNL2";
+/// Version 1: the digest also covers every data byte.
+pub(crate) const HEADER_MAGIC_V1: &[u8; 8] = b"BDRJRNL1";
 pub(crate) const HEADER_LEN: u64 = 64;
 pub(crate) const CHUNK_TAG: &[u8; 4] = b"CHNK";
 pub(crate) const CHUNK_HEADER_LEN: u64 = 48;
@@ -53,10 +59,13 @@ impl JournalHeader {
         h
     }
 
-    fn decode(h: &[u8; HEADER_LEN as usize]) -> Result<JournalHeader, String> {
-        if &h[0..8] != HEADER_MAGIC {
-            return Err("bad header magic".into());
-        }
+    /// The header and the journal's version (1 or 2).
+    fn decode(h: &[u8; HEADER_LEN as usize]) -> Result<(JournalHeader, u32), String> {
+        let version = match &h[0..8] {
+            m if m == HEADER_MAGIC => 2,
+            m if m == HEADER_MAGIC_V1 => 1,
+            _ => return Err("bad header magic".into()),
+        };
         let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
         let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
         let kind = match u32_at(52) {
@@ -65,20 +74,22 @@ impl JournalHeader {
             k => return Err(format!("unknown cut kind {k}")),
         };
         let parent = u64_at(32);
-        Ok(JournalHeader {
+        let header = JournalHeader {
             volume: h[8..24].try_into().unwrap(),
             cut: u64_at(24),
             parent: (parent != u64::MAX).then_some(parent),
             dev_bytes: u64_at(40),
             region_bytes: u32_at(48),
             kind,
-        })
+        };
+        Ok((header, version))
     }
 }
 
-/// Appends records to a new journal and keeps the running digest.
+/// Appends records to a new journal and keeps the running digest. Unbuffered: a chunk's
+/// data goes to the file straight from the caller's buffer.
 pub(crate) struct JournalWriter {
-    pub(crate) out: BufWriter<File>,
+    pub(crate) file: File,
     hasher: blake3::Hasher,
     pub(crate) pos: u64,
     pub(crate) chunks: u64,
@@ -86,23 +97,18 @@ pub(crate) struct JournalWriter {
 }
 
 impl JournalWriter {
-    pub(crate) fn new(file: File, header: &JournalHeader) -> io::Result<JournalWriter> {
-        let mut w = JournalWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
-            hasher: blake3::Hasher::new(),
-            pos: 0,
+    pub(crate) fn new(mut file: File, header: &JournalHeader) -> io::Result<JournalWriter> {
+        let h = header.encode();
+        file.write_all(&h)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&h);
+        Ok(JournalWriter {
+            file,
+            hasher,
+            pos: HEADER_LEN,
             chunks: 0,
             bytes: 0,
-        };
-        w.put(&header.encode())?;
-        Ok(w)
-    }
-
-    fn put(&mut self, b: &[u8]) -> io::Result<()> {
-        self.out.write_all(b)?;
-        self.hasher.update(b);
-        self.pos += b.len() as u64;
-        Ok(())
+        })
     }
 
     pub(crate) fn append(&mut self, offset: u64, data: &[u8], hash: &[u8; 32]) -> io::Result<()> {
@@ -111,19 +117,16 @@ impl JournalWriter {
         h[4..8].copy_from_slice(&(data.len() as u32).to_le_bytes());
         h[8..16].copy_from_slice(&offset.to_le_bytes());
         h[16..48].copy_from_slice(hash);
-        self.put(&h)?;
-        self.put(data)?;
+        self.file.write_all(&h)?;
+        self.file.write_all(data)?;
+        self.hasher.update(&h);
+        self.pos += CHUNK_HEADER_LEN + data.len() as u64;
         self.chunks += 1;
         self.bytes += data.len() as u64;
         Ok(())
     }
 
-    /// Flushes the buffered records to the file (not synced).
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-
-    /// Writes the commit record (after the records were synced) and flushes it.
+    /// Writes the commit record (after the records were synced; not synced itself).
     pub(crate) fn write_commit(&mut self, cut: u64) -> io::Result<()> {
         let digest = self.hasher.finalize();
         let mut c = [0u8; COMMIT_LEN as usize];
@@ -132,9 +135,9 @@ impl JournalWriter {
         c[16..24].copy_from_slice(&self.chunks.to_le_bytes());
         c[24..32].copy_from_slice(&self.bytes.to_le_bytes());
         c[32..64].copy_from_slice(digest.as_bytes());
-        self.out.write_all(&c)?;
+        self.file.write_all(&c)?;
         self.pos += COMMIT_LEN;
-        self.out.flush()
+        Ok(())
     }
 }
 
@@ -177,8 +180,8 @@ fn walk(
     if !read_full(&mut r, &mut h)? {
         return Ok(Err("journal shorter than its header".into()));
     }
-    let header = match JournalHeader::decode(&h) {
-        Ok(hd) => hd,
+    let (header, version) = match JournalHeader::decode(&h) {
+        Ok(hv) => hv,
         Err(e) => return Ok(Err(e)),
     };
     if header.region_bytes == 0 || header.region_bytes > MAX_REGION_BYTES {
@@ -229,7 +232,9 @@ fn walk(
         }
         on_byte(&tag);
         on_byte(&rest);
-        on_byte(d);
+        if version == 1 {
+            on_byte(d);
+        }
         each(offset, d, &hash)?;
     }
 }

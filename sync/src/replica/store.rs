@@ -197,7 +197,7 @@ impl ReplicaStore {
     }
 
     /// Arms a crash point: when the commit reaches `step`, the store stops as if the process
-    /// died there (files are left as they are; buffered journal data is dropped) and every
+    /// died there (files are left as they are) and every
     /// later call fails. Tests only; never set in production.
     #[doc(hidden)]
     pub fn set_crash_point(&mut self, step: Option<CommitStep>) {
@@ -253,10 +253,9 @@ impl ReplicaStore {
         }
         self.dead = Some(format!("injected crash after {step:?}"));
         self.seed = None;
-        if let Some(oc) = self.open_cut.take() {
-            // A dying process loses its user-space buffers: no flush.
-            let _ = oc.writer.out.into_parts();
-        }
+        // The journal is written unbuffered: what was appended is in the file, as after
+        // a real crash before any sync (which may or may not have kept it).
+        self.open_cut = None;
         Err(StoreError::Crashed(step))
     }
 
@@ -408,9 +407,8 @@ impl ReplicaStore {
                 .mode(0o600)
                 .open(&path)?;
             preallocate(&f, total)?;
-            let mut w = JournalWriter::new(f, &header)?;
-            w.flush()?;
-            w.out.get_ref().sync_data()?;
+            let w = JournalWriter::new(f, &header)?;
+            w.file.sync_data()?;
             Ok(w)
         })();
         let writer = match res {
@@ -447,7 +445,7 @@ impl ReplicaStore {
             .as_mut()
             .ok_or_else(|| StoreError::Usage("grow_cut without begin_cut".into()))?;
         let total = oc.needed.saturating_add(more);
-        let res = preallocate(oc.writer.out.get_ref(), total);
+        let res = preallocate(&oc.writer.file, total);
         oc.needed = total;
         if let Err(e) = res {
             return Err(self.fail_cut("grow", e));
@@ -521,7 +519,7 @@ impl ReplicaStore {
             );
         }
         if let Some(oc) = self.open_cut.take() {
-            let (_f, _) = oc.writer.out.into_parts();
+            drop(oc.writer);
             let _ = fs::remove_file(self.journal_path());
             tracing::info!(cut = oc.header.cut, "cut discarded");
         }
@@ -575,17 +573,13 @@ impl ReplicaStore {
             )));
         }
         let (chunks, bytes) = (oc.writer.chunks, oc.writer.bytes);
-        if let Err(e) = oc
-            .writer
-            .flush()
-            .and_then(|_| oc.writer.out.get_ref().sync_data())
-        {
+        if let Err(e) = oc.writer.file.sync_data() {
             return Err(self.fail_cut("sync", e));
         }
         self.step(CommitStep::JournalSynced)?;
         let oc = self.open_cut.as_mut().expect("open cut");
         let res = oc.writer.write_commit(cut).and_then(|_| {
-            let f = oc.writer.out.get_ref();
+            let f = &oc.writer.file;
             f.set_len(oc.writer.pos)?;
             f.sync_all()
         });
