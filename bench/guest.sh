@@ -25,6 +25,18 @@
 #    second ($RESULTS/repl-status.jsonl: guest time in ms, then the file); fio's JSON goes to
 #    $RESULTS/repl-fio.json.
 #
+# 3. A pre-copy cut under fio. bdr over a memory-backed null_blk of BENCH_PRECOPY_MB, a
+#    seeded replica (`bdr replica serve` on a loop device, in the other namespace, at nice 19:
+#    it stands for the replica's own machine, whose CPU the primary's workload does not share
+#    in real life; here both run on the guest's 2 vCPUs). fio writes 4k random blocks at QD1
+#    to a hot 4 MiB range without pause for the whole phase. In each of BENCH_PRECOPY_ROUNDS
+#    rounds, three windows in rotated order, each after BENCH_PRECOPY_DIRTY_MB of fresh
+#    64 KiB writes elsewhere on the device: idle (BENCH_PRECOPY_IDLE s, no cut), one `bdr
+#    sync --once` (pre-copy, the default) and one `bdr sync --once --no-precopy`. Completed
+#    writes are counted on the bdr device's own stat over each window:
+#    $RESULTS/precopy.txt ("pc ROUND KIND MS WRITES"), each cut's --json in
+#    $RESULTS/pc-r<round>-<kind>.json.
+#
 #   guest.sh ENVFILE   (see bench/run.sh for the variables)
 set -uo pipefail
 # shellcheck source=/dev/null
@@ -44,6 +56,8 @@ backends=${BENCH_BACKENDS:-nullb brd} jobs=${BENCH_JOBS:-rand4k-qd1 rand4k-qd32 
 devs=${BENCH_DEVS:-raw linear bdr bdrcut drbdA drbdC}
 repl_secs=${BENCH_REPL_SECS:-45} repl_mb=${BENCH_REPL_MB:-256} repl_rate=${BENCH_REPL_RATE:-50m}
 repl_bs=${BENCH_REPL_BS:-64k} repl_interval=${BENCH_REPL_INTERVAL:-200ms}
+pc_rounds=${BENCH_PRECOPY_ROUNDS:-3} pc_mb=${BENCH_PRECOPY_MB:-256}
+pc_dirty=${BENCH_PRECOPY_DIRTY_MB:-16} pc_idle=${BENCH_PRECOPY_IDLE:-8}
 B=${BDR_BIN:-}
 D84=/usr/lib/drbd/drbdsetup-84
 COW=$T_SCRATCH/cow
@@ -55,6 +69,7 @@ mkdir -p "$COW"
 	echo "rounds $rounds runtime $runtime ramp $ramp"
 	echo "backends $backends"; echo "jobs $jobs"; echo "devs $devs"
 	echo "repl secs $repl_secs mb $repl_mb rate $repl_rate bs $repl_bs interval $repl_interval"
+	echo "precopy rounds $pc_rounds mb $pc_mb dirty_mb $pc_dirty idle_s $pc_idle"
 } >"$RESULTS/setup.txt"
 
 fio_job() { # JOB -> fio options
@@ -212,19 +227,27 @@ done
 _brd_rm
 rm -f "$COW"/*
 
-# --- phase 2: cuts under a steady random-write load ------------------------------------------
+# --- phases 2 and 3: a primary and a replica namespace ------------------------------------
 kill_gone() { kill "$1" 2>/dev/null; return 0; } # cleanup of a daemon that may have exited
-t_case "cuts under fio --rate=$repl_rate of $repl_bs random writes"
-if [ "$repl_secs" -gt 0 ]; then
-	PDIR=$T_SCRATCH/pstate RDIR=$T_SCRATCH/rstate PEER=10.77.0.2:7800
+# netns_pair: namespaces benchp (10.77.0.1) and benchr (10.77.0.2) over a veth pair, once.
+netns_pair() {
+	local ns
+	[ -e /run/netns/benchr ] && return 0
 	for ns in benchp benchr; do
-		ip netns add $ns || { t_fail "ip netns add"; exit 1; }
+		ip netns add $ns || return 1
 		t_defer ip netns del $ns
 		ip -n $ns link set lo up
 	done
 	ip link add vbp netns benchp type veth peer name vbr netns benchr &&
 		ip -n benchp addr add 10.77.0.1/24 dev vbp && ip -n benchr addr add 10.77.0.2/24 dev vbr &&
-		ip -n benchp link set vbp up && ip -n benchr link set vbr up || { t_fail "veth"; exit 1; }
+		ip -n benchp link set vbp up && ip -n benchr link set vbr up
+}
+
+# --- phase 2: cuts under a steady random-write load ------------------------------------------
+t_case "cuts under fio --rate=$repl_rate of $repl_bs random writes"
+if [ "$repl_secs" -gt 0 ]; then
+	PDIR=$T_SCRATCH/pstate RDIR=$T_SCRATCH/rstate PEER=10.77.0.2:7800
+	netns_pair || { t_fail "netns/veth"; exit 1; }
 	rdev=$(mk_loop "$repl_mb") && plower=$(mk_nullb "$repl_mb" memory_backed=1) || { t_fail "devices"; exit 1; }
 	ip netns exec benchr "$B" replica serve --device "$rdev" --listen "$PEER" --state-dir "$RDIR" \
 		>"$RESULTS/repl-serve.log" 2>&1 &
@@ -259,5 +282,62 @@ if [ "$repl_secs" -gt 0 ]; then
 	echo "repl bdr $("$B" --version 2>/dev/null)" >>"$RESULTS/setup.txt"
 else
 	t_skip "BENCH_REPL_SECS=0"
+fi
+
+# --- phase 3: a pre-copy cut under fio -------------------------------------------------------
+t_case "fio QD1 on a hot range: idle, during a pre-copy cut, during a plain cut"
+if [ "$pc_rounds" -gt 0 ]; then
+	PDIR=$T_SCRATCH/pcstate RDIR=$T_SCRATCH/pcrstate PEER=10.77.0.2:7801
+	netns_pair || { t_fail "netns/veth"; exit 1; }
+	rm -f "$COW"/*
+	rdev=$(mk_loop "$pc_mb") && plower=$(mk_nullb "$pc_mb" memory_backed=1) || { t_fail "devices"; exit 1; }
+	ip netns exec benchr nice -n 19 "$B" replica serve --device "$rdev" --listen "$PEER" \
+		--state-dir "$RDIR" >"$RESULTS/pc-serve.log" 2>&1 &
+	spid=$!
+	t_defer kill_gone "$spid"
+	"$B" attach pc "$plower" --kmod "$BDR_KO" --state-dir "$PDIR" || { t_fail "bdr attach"; exit 1; }
+	t_defer rm_dm pc
+	pcsync() { # OUT [options]: one cut of pc to the replica
+		local out=$1
+		shift
+		ip netns exec benchp "$B" sync --once pc --peer "$PEER" --json --cow "$COW" \
+			--cow-size "$((pc_mb + 64))M" --state-dir "$PDIR" "$@" >"$out" 2>"$out.err"
+	}
+	for i in $(seq 50); do [ -e "$RDIR/replica-status.json" ] && break; sleep 0.2; done
+	pcsync "$RESULTS/pc-seed.json" || { t_fail "seed: $(tail -n 3 "$RESULTS/pc-seed.json.err")"; exit 1; }
+	pcdev=/sys/block/$(basename "$(readlink -f /dev/mapper/pc)")/stat
+	wcount() { awk '{print $5}' "$pcdev"; }
+	fio --name=hot --filename=/dev/mapper/pc --size=4M --rw=randwrite --bs=4k --iodepth=1 \
+		--direct=1 --ioengine=libaio --norandommap --randrepeat=0 --time_based --runtime=3600 \
+		--output=/dev/null >/dev/null 2>&1 &
+	hpid=$!
+	t_defer kill_gone "$hpid"
+	sleep 2
+	: >"$RESULTS/precopy.txt"
+	kinds=(idle precopy plain)
+	for r in $(seq "$pc_rounds"); do
+		for i in 0 1 2; do
+			k=${kinds[$(((i + r - 1) % 3))]}
+			# Fresh data for the cut: distinct 64 KiB blocks past the hot range.
+			fio --name=dirty --filename=/dev/mapper/pc --offset=4M --rw=randwrite --bs=64k \
+				--io_size="${pc_dirty}M" --direct=1 --ioengine=libaio --iodepth=4 --randrepeat=0 \
+				--output=/dev/null >/dev/null 2>&1 || t_fail "dirty writes"
+			sleep 1
+			t0=$(now_ms) w0=$(wcount)
+			case $k in
+			idle) sleep "$pc_idle" ;;
+			precopy) pcsync "$RESULTS/pc-r$r-$k.json" || t_fail "pre-copy cut: $(tail -n 3 "$RESULTS/pc-r$r-$k.json.err")" ;;
+			plain) pcsync "$RESULTS/pc-r$r-$k.json" --no-precopy || t_fail "plain cut: $(tail -n 3 "$RESULTS/pc-r$r-$k.json.err")" ;;
+			esac
+			echo "pc $r $k $(($(now_ms) - t0)) $(($(wcount) - w0))" | tee -a "$RESULTS/precopy.txt"
+		done
+	done
+	kill_gone "$hpid"
+	while kill -0 "$hpid" 2>/dev/null; do sleep 0.2; done
+	# One more cut with fio stopped: the replica must then equal the primary.
+	pcsync "$RESULTS/pc-last.json" || t_fail "last cut: $(tail -n 3 "$RESULTS/pc-last.json.err")"
+	cmp /dev/mapper/pc "$rdev" || t_fail "the replica differs from the primary after the phase"
+else
+	t_skip "BENCH_PRECOPY_ROUNDS=0"
 fi
 dmesg >"$RESULTS/dmesg.txt"

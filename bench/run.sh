@@ -11,7 +11,10 @@
 #      kernel over 127.0.0.1, see bench/guest.sh for why), alternated in rounds;
 #   2. cuts under a steady random-write load: `bdr primary run` shipping to a `bdr replica
 #      serve` in another network namespace while fio writes at 50 MiB/s; suspend window per
-#      cut, cuts per minute, RPO (age of the replica's state) sampled every second.
+#      cut, cuts per minute, RPO (age of the replica's state) sampled every second;
+#   3. a pre-copy cut under fio: 4k random writes at QD1 on a hot range of a bdr device,
+#      write IOPS idle, during a `bdr sync --once` with pre-copy and during one without,
+#      alternated in rounds; the snapshot's lifetime against the cut's duration.
 # Then writes bench/results/<kver>.json, <kver>.md (printed) and <kver>.png (bench/chart, a
 # small plotters program). Raw fio output stays in target/bench/<kver>/. Software emulation:
 # absolute numbers mean little; ratios within one boot do; noise is about ±5% on a quiet host.
@@ -23,7 +26,9 @@
 # BENCH_BACKENDS ["nullb brd"], BENCH_JOBS ["rand4k-qd1 rand4k-qd32 seq128k-qd4"],
 # BENCH_DEVS ["raw linear bdr bdrcut drbdA drbdC"], BENCH_REPL_SECS [45, 0 skips phase 2],
 # BENCH_REPL_RATE [50m], BENCH_REPL_BS [64k], BENCH_REPL_INTERVAL [200ms], BENCH_REPL_MB
-# [256]; BDR_BIN (use this `bdr` instead of building one), VM_MEMORY [3G here].
+# [256]; BENCH_PRECOPY_ROUNDS [3, 0 skips phase 3], BENCH_PRECOPY_MB [256],
+# BENCH_PRECOPY_DIRTY_MB [16, fresh data before each window], BENCH_PRECOPY_IDLE [8 s];
+# BDR_BIN (use this `bdr` instead of building one), VM_MEMORY [3G here].
 # --quick: 1 round of 3 s, 20 s of phase 2 (a smoke run of the bench, numbers not kept).
 set -uo pipefail
 
@@ -39,7 +44,7 @@ while [ $# -gt 0 ]; do
 	--kernel) ksel=${2:?}; shift 2 ;;
 	--rounds) rounds=${2:?}; shift 2 ;;
 	--runtime) runtime=${2:?}; shift 2 ;;
-	--quick) quick=1 rounds=1 runtime=3 repl_secs=20; shift ;;
+	--quick) quick=1 rounds=1 runtime=3 repl_secs=20; export BENCH_PRECOPY_ROUNDS=${BENCH_PRECOPY_ROUNDS:-1}; shift ;;
 	-h | --help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
 	*) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
@@ -67,13 +72,15 @@ for kver in "${kernels[@]}"; do
 	env=(RESULTS="$raw" BDR_KO="$VM_KO" BDR_BIN="$BDR_BIN" BENCH_ROUNDS="$rounds" BENCH_RUNTIME="$runtime"
 		BENCH_RAMP="$ramp" BENCH_REPL_SECS="$repl_secs")
 	for v in BENCH_SIZE_MB BENCH_SPAN_MB BENCH_REGION BENCH_BACKENDS BENCH_JOBS BENCH_DEVS \
-		BENCH_REPL_RATE BENCH_REPL_BS BENCH_REPL_INTERVAL BENCH_REPL_MB; do
+		BENCH_REPL_RATE BENCH_REPL_BS BENCH_REPL_INTERVAL BENCH_REPL_MB BENCH_PRECOPY_ROUNDS \
+		BENCH_PRECOPY_MB BENCH_PRECOPY_DIRTY_MB BENCH_PRECOPY_IDLE; do
 		[ -z "${!v:-}" ] || env+=("$v=${!v}")
 	done
 	vm_write_env "$raw/guest.env" "${env[@]}"
-	# fio runs (plus start-up and the cuts' extra seconds), phase 2, device set-up and the boot.
+	# fio runs (plus start-up and the cuts' extra seconds), phase 2, phase 3 (a seed and 3
+	# windows per round, each at most ~2 min in TCG), device set-up and the boot.
 	nruns=$((rounds * nback * njobs * ndevs))
-	tmo=$((nruns * (runtime + ramp + 6) + repl_secs + 300 + 240))
+	tmo=$((nruns * (runtime + ramp + 6) + repl_secs + 300 + ${BENCH_PRECOPY_ROUNDS:-3} * 360 + 240))
 	vm_log "booting; ${rounds} rounds, $nruns fio runs of $((runtime + ramp)) s, ${repl_secs}s of cuts under load (limit ${tmo}s)"
 	# QEMU in software emulation needs the host's cores: other work on the host shows up as
 	# noise. Record the load so that a busy run can be recognised.

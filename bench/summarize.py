@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Summarize one kernel's bench run (bench/guest.sh): medians over rounds of fio's IOPS, MB/s
 and completion latency (p50, p99, p99.9) per backend, job and device; ratios against dm-linear
-measured in the same rounds; DRBD's overhead next to bdr's; and the cuts-under-load phase.
+measured in the same rounds; DRBD's overhead next to bdr's; the cuts-under-load phase; and
+the pre-copy phase (fio IOPS idle vs during a cut with and without pre-copy).
 
     summarize.py RAW_DIR KVER OUT_JSON OUT_MD
 
 RAW_DIR holds r<round>-<backend>-<dev>-<job>.json (fio --output-format=json), the cuts'
-r<...>.cut.json, repl-fio.json, repl-status.jsonl and setup.txt."""
+r<...>.cut.json, repl-fio.json, repl-status.jsonl, precopy.txt, pc-r<round>-<kind>.json and
+setup.txt."""
 import json
 import os
 import re
@@ -180,6 +182,46 @@ if os.path.exists(sp):
             print("summarize: repl-fio.json: %r" % e, file=sys.stderr)
 result["cuts_under_load"] = repl
 
+# --- phase 3 ----------------------------------------------------------------------------------
+precopy = None
+pp = os.path.join(raw_dir, "precopy.txt")
+if os.path.exists(pp):
+    win = {}  # round -> kind -> {"iops", "ms", cut fields}
+    for line in open(pp):
+        f = line.split()
+        if len(f) != 5 or f[0] != "pc":
+            continue
+        rnd, kind, ms, writes = int(f[1]), f[2], int(f[3]), int(f[4])
+        x = {"iops": writes * 1000 / ms if ms else 0, "ms": ms}
+        cj = os.path.join(raw_dir, "pc-r%d-%s.json" % (rnd, kind))
+        if kind != "idle" and os.path.exists(cj):
+            try:
+                c = json.loads(open(cj).read())
+                for k in ("cut_ms", "snapshot_ms", "suspend_ms", "precopy_passes", "precopy_regions",
+                          "residue_regions", "regions"):
+                    if k in c:
+                        x[k] = c[k]
+            except ValueError as e:
+                print("summarize: %s: %r" % (cj, e), file=sys.stderr)
+        win.setdefault(rnd, {})[kind] = x
+    full = [w for _, w in sorted(win.items()) if all(k in w for k in ("idle", "precopy", "plain"))]
+    if full:
+        def mk(kind):
+            xs = [w[kind] for w in full]
+            r = {"iops": med([x["iops"] for x in xs]), "ms": med([x["ms"] for x in xs]),
+                 "iops_all": [x["iops"] for x in xs]}
+            if kind != "idle":
+                r["vs_idle_paired"] = med([w[kind]["iops"] / w["idle"]["iops"] for w in full
+                                           if w["idle"]["iops"]])
+                frac = [x["snapshot_ms"] / x["cut_ms"] for x in xs if x.get("cut_ms") and "snapshot_ms" in x]
+                r["snapshot_fraction"] = med(frac) if frac else None
+                for k in ("cut_ms", "snapshot_ms", "precopy_passes", "precopy_regions", "residue_regions"):
+                    v = [x[k] for x in xs if k in x]
+                    r[k] = med(v) if v else None
+            return r
+        precopy = {"rounds": len(full), "idle": mk("idle"), "precopy": mk("precopy"), "plain": mk("plain")}
+result["precopy"] = precopy
+
 # --- markdown ---------------------------------------------------------------------------------
 rl = setup.get("rounds", "? runtime ? ramp ?").split()
 lines = [
@@ -246,6 +288,29 @@ if repl:
         "status`), sampled every second. A cut (live snapshot, so COW on first writes) was in "
         "flight in %.0f%% of the samples." % (100 * repl["cut_live_fraction"]),
     ]
+if precopy:
+    pc = (setup.get("precopy", "") + " ?" * 8).split()
+    lines += [
+        "", "Pre-copy: fio 4k random writes at QD1 on a hot 4 MiB range of a bdr device (%s MiB "
+        "memory-backed null_blk) without pause; before each window %s MiB of fresh 64 KiB writes "
+        "elsewhere; windows alternated in %d rounds: idle, `bdr sync --once` (pre-copy) and `bdr sync "
+        "--once --no-precopy` to a replica in another namespace (at nice 19, standing for its own "
+        "machine). Write IOPS counted on the device's stat over each window; medians, ratios are "
+        "medians of per-round pairs. Target: ≥ 90%% of idle IOPS during a pre-copy cut, snapshot "
+        "alive ≤ 20%% of the cut." % (pc[3], pc[5], precopy["rounds"]), "",
+        "| window | IOPS | IOPS / idle | window s | snapshot alive s | snapshot / cut | pre-copy passes | regions pre-copied | residue regions |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k, label in (("idle", "idle"), ("precopy", "cut with pre-copy"), ("plain", "cut without pre-copy")):
+        x = precopy[k]
+
+        def fmt(v, f):
+            return f % v if v is not None else "–"
+        lines.append("| %s | %.0f | %s | %.1f | %s | %s | %s | %s | %s |" % (
+            label, x["iops"], fmt(x.get("vs_idle_paired", 1.0), "%.3f"), x["ms"] / 1000,
+            fmt(x["snapshot_ms"] / 1000 if x.get("snapshot_ms") is not None else None, "%.2f"),
+            fmt(x.get("snapshot_fraction"), "%.2f"), fmt(x.get("precopy_passes"), "%g"),
+            fmt(x.get("precopy_regions"), "%g"), fmt(x.get("residue_regions"), "%g")))
 if "host_load" in setup:
     lines += ["", "Host load average: %s." % setup["host_load"]]
 spread = [((max(x["iops_all"]) - min(x["iops_all"])) / x["iops"], "%s %s %s" % (be, j, d))
