@@ -28,7 +28,9 @@
 # BENCH_REPL_RATE [50m], BENCH_REPL_BS [64k], BENCH_REPL_INTERVAL [200ms], BENCH_REPL_MB
 # [256]; BENCH_PRECOPY_ROUNDS [3, 0 skips phase 3], BENCH_PRECOPY_MB [256],
 # BENCH_PRECOPY_DIRTY_MB [16, fresh data before each window], BENCH_PRECOPY_IDLE [8 s];
-# BDR_BIN (use this `bdr` instead of building one), VM_MEMORY [3G here].
+# BDR_BIN (use this `bdr` instead of building one), VM_MEMORY [3G here]. BENCH_TAG [empty]:
+# results go to <kver><tag>.*; with --rounds 0 and BENCH_REPL_SECS=0, for instance,
+# `BENCH_TAG=-precopy` keeps a phase-3-only run apart from the full one (no chart then).
 # --quick: 1 round of 3 s, 20 s of phase 2 (a smoke run of the bench, numbers not kept).
 set -uo pipefail
 
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
 	*) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
-[ "$rounds" -ge 3 ] || echo "bench: fewer than 3 rounds: medians are weak" >&2
+[ "$rounds" = 0 ] || [ "$rounds" -ge 3 ] || echo "bench: fewer than 3 rounds: medians are weak" >&2
 nback=$(wc -w <<<"${BENCH_BACKENDS:-nullb brd}") njobs=$(wc -w <<<"${BENCH_JOBS:-x x x}")
 ndevs=$(wc -w <<<"${BENCH_DEVS:-x x x x x x}")
 
@@ -102,11 +104,13 @@ for kver in "${kernels[@]}"; do
 		continue
 	fi
 	echo
-	out=$root/bench/results/$kver
+	out=$root/bench/results/$kver${BENCH_TAG:-}
 	[ "$quick" = 0 ] || { out=$raw/summary; vm_log "--quick: results stay in $raw"; }
 	python3 "$root/bench/summarize.py" "$raw" "$kver" "$out.json" "$out.md" || fail=1
-	(cd "$root/bench/chart" && cargo run --release -q -- "$out.json" "$out.png") ||
-		{ vm_log "chart failed"; fail=1; }
+	if [ "$rounds" -gt 0 ]; then
+		(cd "$root/bench/chart" && cargo run --release -q -- "$out.json" "$out.png") ||
+			{ vm_log "chart failed"; fail=1; }
+	fi
 	echo
 done
 exit $fail

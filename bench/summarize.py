@@ -205,6 +205,7 @@ if os.path.exists(pp):
                 print("summarize: %s: %r" % (cj, e), file=sys.stderr)
         win.setdefault(rnd, {})[kind] = x
     full = [w for _, w in sorted(win.items()) if all(k in w for k in ("idle", "precopy", "plain"))]
+    has_busy = bool(full) and all("busy" in w for w in full)
     if full:
         def mk(kind):
             xs = [w[kind] for w in full]
@@ -213,6 +214,9 @@ if os.path.exists(pp):
             if kind != "idle":
                 r["vs_idle_paired"] = med([w[kind]["iops"] / w["idle"]["iops"] for w in full
                                            if w["idle"]["iops"]])
+            if kind not in ("idle", "busy") and has_busy:
+                r["vs_busy_paired"] = med([w[kind]["iops"] / w["busy"]["iops"] for w in full
+                                           if w["busy"]["iops"]])
                 frac = [x["snapshot_ms"] / x["cut_ms"] for x in xs if x.get("cut_ms") and "snapshot_ms" in x]
                 r["snapshot_fraction"] = med(frac) if frac else None
                 for k in ("cut_ms", "snapshot_ms", "precopy_passes", "precopy_regions", "residue_regions"):
@@ -220,11 +224,13 @@ if os.path.exists(pp):
                     r[k] = med(v) if v else None
             return r
         precopy = {"rounds": len(full), "idle": mk("idle"), "precopy": mk("precopy"), "plain": mk("plain")}
+        if has_busy:
+            precopy["busy"] = mk("busy")
 result["precopy"] = precopy
 
 # --- markdown ---------------------------------------------------------------------------------
 rl = setup.get("rounds", "? runtime ? ramp ?").split()
-lines = [
+lines = ["### %s" % kver, ""] if not backends else [
     "### %s" % kver, "",
     "fio libaio direct, %s s + %s s ramp per run, %s rounds with the devices alternated (order "
     "rotated each round), writes over the first %s MiB of each device; null_blk %s MiB (no "
@@ -293,21 +299,26 @@ if precopy:
     lines += [
         "", "Pre-copy: fio 4k random writes at QD1 on a hot 4 MiB range of a bdr device (%s MiB "
         "memory-backed null_blk) without pause; before each window %s MiB of fresh 64 KiB writes "
-        "elsewhere; windows alternated in %d rounds: idle, `bdr sync --once` (pre-copy) and `bdr sync "
-        "--once --no-precopy` to a replica in another namespace (at nice 19, standing for its own "
+        "elsewhere; windows alternated in %d rounds: idle; busy (the control: no cut, a CPU-bound "
+        "loop at the daemon's nice 10); `bdr sync --once` (pre-copy) and `bdr sync --once "
+        "--no-precopy` to a replica in another namespace (at nice 19, standing for its own "
         "machine). Write IOPS counted on the device's stat over each window; medians, ratios are "
         "medians of per-round pairs. Target: ≥ 90%% of idle IOPS during a pre-copy cut, snapshot "
         "alive ≤ 20%% of the cut." % (pc[3], pc[5], precopy["rounds"]), "",
-        "| window | IOPS | IOPS / idle | window s | snapshot alive s | snapshot / cut | pre-copy passes | regions pre-copied | residue regions |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| window | IOPS | IOPS / idle | IOPS / busy | window s | snapshot alive s | snapshot / cut | pre-copy passes | regions pre-copied | residue regions |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for k, label in (("idle", "idle"), ("precopy", "cut with pre-copy"), ("plain", "cut without pre-copy")):
-        x = precopy[k]
+    for k, label in (("idle", "idle"), ("busy", "busy (control: CPU loop, nice 10)"),
+                     ("precopy", "cut with pre-copy"), ("plain", "cut without pre-copy")):
+        x = precopy.get(k)
+        if x is None:
+            continue
 
         def fmt(v, f):
             return f % v if v is not None else "–"
-        lines.append("| %s | %.0f | %s | %.1f | %s | %s | %s | %s | %s |" % (
-            label, x["iops"], fmt(x.get("vs_idle_paired", 1.0), "%.3f"), x["ms"] / 1000,
+        lines.append("| %s | %.0f | %s | %s | %.1f | %s | %s | %s | %s | %s |" % (
+            label, x["iops"], fmt(x.get("vs_idle_paired", 1.0), "%.3f"),
+            fmt(x.get("vs_busy_paired", 1.0 if k == "busy" else None), "%.3f"), x["ms"] / 1000,
             fmt(x["snapshot_ms"] / 1000 if x.get("snapshot_ms") is not None else None, "%.2f"),
             fmt(x.get("snapshot_fraction"), "%.2f"), fmt(x.get("precopy_passes"), "%g"),
             fmt(x.get("precopy_regions"), "%g"), fmt(x.get("residue_regions"), "%g")))
