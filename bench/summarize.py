@@ -71,9 +71,13 @@ def ratio_vs(be, job, dev, ref):
     rs = sorted(set(a) & set(b))
     if not rs:
         return None
+    pairs = sorted(a[r]["iops"] / b[r]["iops"] for r in rs)
+    q = statistics.quantiles(pairs, n=4) if len(pairs) >= 2 else [pairs[0]] * 3
     return {
         "iops_ratio": med(a[r]["iops"] for r in rs) / med(b[r]["iops"] for r in rs),
-        "iops_ratio_paired": med(a[r]["iops"] / b[r]["iops"] for r in rs),
+        "iops_ratio_paired": med(pairs),
+        "iops_ratio_paired_quartiles": [q[0], q[2]],
+        "iops_ratio_pairs": pairs,
         "p99_diff_us": med(a[r]["p99"] for r in rs) - med(b[r]["p99"] for r in rs),
         "p99_diff_us_paired": med(a[r]["p99"] - b[r]["p99"] for r in rs),
         "p999_diff_us": med(a[r]["p999"] for r in rs) - med(b[r]["p999"] for r in rs),
@@ -274,6 +278,27 @@ if overall:
                   100 * o["drbd_a_mean"],
                   "%.3f" % o["bdr_idle_over_drbd_a"] if o["bdr_idle_over_drbd_a"] is not None else "–",
                   "%.2f" % o["bdr_cut_over_drbd_a"] if o["bdr_cut_over_drbd_a"] is not None else "–")]
+# The >= 99% target, decided only where the rounds allow it (at least 8 rounds and the
+# middle half of the per-round ratios within 5%): met if their lower quartile is >= 0.99,
+# missed if the upper one is below, else undecided.
+dec = []
+for be in backends:
+    for job in jobs:
+        v = result["backends"][be][job]["vs_linear"].get("bdr")
+        if not v:
+            continue
+        q1, q3 = v["iops_ratio_paired_quartiles"]
+        if v["rounds"] < 8 or q3 - q1 > 0.05:
+            verdict = "not decided (too few rounds or too noisy)"
+        else:
+            verdict = "met" if q1 >= 0.99 else "missed" if q3 < 0.99 else "not decided at this precision"
+        v["target_99"] = verdict
+        dec.append("%s %s: median %.3f, quartiles %.3f-%.3f over %d rounds: %s" % (
+            be, JOBLABEL.get(job, job), v["iops_ratio_paired"], q1, q3, v["rounds"], verdict))
+if dec:
+    lines += ["", "bdr idle / dm-linear, per-round pairs (target ≥ 0.99: met if the lower quartile "
+              "is ≥ 0.99, missed if the upper one is below; decided only over ≥ 8 rounds with the "
+              "quartiles ≤ 0.05 apart): " + "; ".join(dec) + "."]
 cs = [s for be in backends for j in jobs for s in result["backends"][be][j].get("cuts", {}).get("suspend_ms", [])]
 if cs:
     lines += ["", "Cuts taken for the \"during a cut\" rows: %d, suspend window median %.1f ms, max %.1f ms." % (
