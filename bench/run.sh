@@ -68,7 +68,7 @@ mkdir -p "$root/bench/results"
 fail=0
 for kver in "${kernels[@]}"; do
 	VM_TAG=bench/$kver
-	raw=$root/target/bench/$kver
+	raw=$root/target/bench/$kver${BENCH_TAG:-}
 	rm -rf "$raw" && mkdir -p "$raw" || exit 1
 	vm_build_kmod "$kver" "$raw" || { fail=1; continue; }
 	env=(RESULTS="$raw" BDR_KO="$VM_KO" BDR_BIN="$BDR_BIN" BENCH_ROUNDS="$rounds" BENCH_RUNTIME="$runtime"
