@@ -238,11 +238,22 @@ assert_ok dmsetup remove --retry k-four1 k-four2 k-four3 k-four4
 t_case "remove under I/O is refused while open, safe when deferred or forced"
 lower=$(mk_nullb 256) || t_fail "mk_nullb"
 gone() { ! dmsetup info "$1" >/dev/null 2>&1; }
+# Wait (up to 60 s: fio starts slowly in a busy emulator) until something holds $1 open.
+wait_open() {
+	local i n
+	for i in $(seq 600); do
+		n=$(dmsetup info -c --noheadings -o open "$1" 2>/dev/null | tr -d ' ')
+		[ "${n:-0}" -gt 0 ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
 dev=$(mk_bdr k-rm "$lower") || t_fail "mk_bdr"
 fio --name=krm --filename="$dev" --rw=randrw --bs=4k --ioengine=libaio --iodepth=32 --direct=1 \
 	--time_based --runtime=60 --output=/dev/null >/dev/null 2>&1 &
 fio_pid=$!
-sleep 3
+wait_open k-rm || t_fail "fio never opened k-rm"
+sleep 1
 assert_fails dmsetup remove k-rm
 assert_ok dmsetup remove --deferred k-rm
 assert_ok kill -0 $fio_pid
@@ -256,7 +267,8 @@ dev=$(mk_bdr k-rm2 "$lower") || t_fail "mk_bdr"
 fio --name=krm2 --filename="$dev" --rw=randwrite --bs=4k --ioengine=libaio --iodepth=32 --direct=1 \
 	--time_based --runtime=60 --output=/dev/null >/dev/null 2>&1 &
 fio_pid=$!
-sleep 2
+wait_open k-rm2 || t_fail "fio never opened k-rm2"
+sleep 1
 dmsetup remove --force k-rm2 >/dev/null 2>&1
 wait $fio_pid && t_fail "fio saw no error on a device forced away"
 gone k-rm2 || assert_ok dmsetup remove --retry k-rm2
