@@ -218,9 +218,10 @@ if os.path.exists(pp):
             if kind != "idle":
                 r["vs_idle_paired"] = med([w[kind]["iops"] / w["idle"]["iops"] for w in full
                                            if w["idle"]["iops"]])
-            if kind not in ("idle", "busy") and has_busy:
-                r["vs_busy_paired"] = med([w[kind]["iops"] / w["busy"]["iops"] for w in full
-                                           if w["busy"]["iops"]])
+            if kind not in ("idle", "busy"):
+                if has_busy:
+                    r["vs_busy_paired"] = med([w[kind]["iops"] / w["busy"]["iops"] for w in full
+                                               if w["busy"]["iops"]])
                 frac = [x["snapshot_ms"] / x["cut_ms"] for x in xs if x.get("cut_ms") and "snapshot_ms" in x]
                 r["snapshot_fraction"] = med(frac) if frac else None
                 for k in ("cut_ms", "snapshot_ms", "precopy_passes", "precopy_regions", "residue_regions"):
