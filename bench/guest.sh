@@ -35,8 +35,7 @@
 #    control (as long, no cut, a CPU-bound loop at the daemon's nice 10: what any work on
 #    the other vCPU costs fio in this emulator, whose 2 vCPU threads share 2 host cores with
 #    QEMU's own); one `bdr sync --once` (pre-copy, the default) and one `bdr sync --once
-#    --no-precopy`. Completed
-#    writes are counted on the bdr device's own stat over each window:
+#    --no-precopy`. Completed writes are counted on the bdr device's own stat over each window:
 #    $RESULTS/precopy.txt ("pc ROUND KIND MS WRITES"), each cut's --json in
 #    $RESULTS/pc-r<round>-<kind>.json.
 #
@@ -309,8 +308,7 @@ if [ "$pc_rounds" -gt 0 ]; then
 	}
 	for i in $(seq 50); do [ -e "$RDIR/replica-status.json" ] && break; sleep 0.2; done
 	pcsync "$RESULTS/pc-seed.json" || { t_fail "seed: $(tail -n 3 "$RESULTS/pc-seed.json.err")"; exit 1; }
-	pcdev=/sys/block/$(basename "$(readlink -f /dev/mapper/pc)")/stat
-	wcount() { awk '{print $5}' "$pcdev"; }
+	wcount() { dev_writes /dev/mapper/pc; }
 	fio --name=hot --filename=/dev/mapper/pc --size=4M --rw=randwrite --bs=4k --iodepth=1 \
 		--direct=1 --ioengine=libaio --norandommap --randrepeat=0 --time_based --runtime=3600 \
 		--output=/dev/null >/dev/null 2>&1 &

@@ -54,6 +54,7 @@
 #   mk_mount DEV DIR [MOUNT_OPTS...]   mkdir -p DIR, mount DEV there; unmounted at exit
 #                      unless already unmounted
 #   dev_sectors DEV    size of DEV in 512-byte sectors
+#   dev_writes DEV     writes DEV completed since it appeared (its /sys/block stat)
 #   load_bdr           insmod $BDR_KO unless dm_bdr is loaded; fails if BDR_KO is missing
 #   unload_bdr         rmmod dm_bdr if it is loaded
 #   dmesg_mark / dmesg_since_mark   put a marker in the kernel log / print the kernel log
@@ -203,6 +204,7 @@ _t_wait_dev() { # DEV: wait up to 10 s for the node
 }
 
 dev_sectors() { blockdev --getsz "$1"; }
+dev_writes() { awk '{print $5}' "/sys/block/$(basename "$(readlink -f "$1")")/stat"; }
 
 _nullb_rm() {
 	local d=/sys/kernel/config/nullb/$1

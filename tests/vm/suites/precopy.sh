@@ -36,7 +36,7 @@ hot_start() {
 	sleep 1
 }
 hot_stop() { kill_pidfile "$T_SCRATCH/fio.pid"; }
-wcount() { awk '{print $5}' "/sys/block/$(basename "$(readlink -f /dev/mapper/c)")/stat"; }
+wcount() { dev_writes /dev/mapper/c; }
 iops_of() { awk -v w="$1" -v ms="$2" 'BEGIN {printf "%.0f", w * 1000 / ms}'; }
 
 # A burst of new file data (24 MiB, ~400 regions): what the next cut must ship.
