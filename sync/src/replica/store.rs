@@ -519,7 +519,6 @@ impl ReplicaStore {
             );
         }
         if let Some(oc) = self.open_cut.take() {
-            drop(oc.writer);
             let _ = fs::remove_file(self.journal_path());
             tracing::info!(cut = oc.header.cut, "cut discarded");
         }
