@@ -750,6 +750,117 @@ fn state_dir_full_aborts_the_cut_with_no_space() {
     drop(s);
 }
 
+/// Takes every free block of `dir`'s file system (files `hog.N`, allocated in halving
+/// pieces down to 4 KiB); returns the bytes taken.
+fn fill_up(dir: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let (mut taken, mut piece, mut n) = (0u64, 1i64 << 30, 0);
+    while piece >= 4096 {
+        let path = dir.join(format!("hog.{n}"));
+        let f = fs::File::create(&path).unwrap();
+        // SAFETY: posix_fallocate on a descriptor this function owns.
+        if unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, piece) } == 0 {
+            taken += piece as u64;
+            n += 1;
+        } else {
+            drop(f);
+            fs::remove_file(&path).unwrap();
+            piece /= 2;
+        }
+    }
+    taken
+}
+
+/// Something else takes the state dir's last blocks in the middle of a commit, right after
+/// the commit record (when the journal's unused preallocation is released): the commit
+/// still completes, its state file written into the space reserved at the cut's start, and
+/// the next cut is refused with NoSpace up front.
+#[test]
+fn state_dir_filled_during_a_commit_does_not_fail_it() {
+    let fx = Fixture::new(40);
+    let mut rng = Rng(15);
+    fx.create(&mut rng, 0);
+    let dir = fx.state_dir();
+    if !mount_small_tmpfs(&dir) {
+        eprintln!(
+            "SKIPPED state_dir_filled_during_a_commit_does_not_fail_it: cannot mount a tmpfs (not root?)"
+        );
+        return;
+    }
+    let _guard = Unmount(&dir);
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let src = fx.source_bytes();
+    let all = all_regions(&fx.g);
+    let r = feed(
+        &mut s,
+        cut_frames(&src, &fx.g, &all, 1, None, CutKind::Rescan),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
+
+    let mut store = s.into_store();
+    let (hog_dir, taken) = (
+        dir.clone(),
+        std::sync::Arc::new(std::sync::Mutex::new(0u64)),
+    );
+    let t = taken.clone();
+    store.set_step_hook(Some(Box::new(move |step| {
+        if step == CommitStep::CommitRecord {
+            *t.lock().unwrap() = fill_up(&hog_dir);
+        }
+    })));
+    let mut s = ReplicaSession::new(store);
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let small = set(&[3, 4, 9]);
+    let img = rewrite_regions(&fx, &mut rng, &small);
+    let r = feed(
+        &mut s,
+        cut_frames(&img, &fx.g, &small, 2, Some(1), CutKind::Incremental),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 2 }]);
+    assert!(*taken.lock().unwrap() > 0, "the hook took no space");
+    let mut store = s.into_store();
+    store.set_step_hook(None);
+    assert_eq!(store.state().unwrap().last_cut, 2);
+    assert_same(&fx.device_bytes(), &img, "after the commit");
+    assert!(!dir.join("journal").exists(), "journal left behind");
+
+    // The journal's removal freed its blocks; taken as well, the next cut is refused
+    // before any data, nothing lost.
+    fill_up(&dir);
+    let mut s = ReplicaSession::new(store);
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let img3 = rewrite_regions(&fx, &mut rng, &small);
+    let e = feed(
+        &mut s,
+        cut_frames(&img3, &fx.g, &small, 3, Some(2), CutKind::Incremental),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NoSpace, "{}", e.message);
+    let store = s.into_store();
+    assert_eq!(store.state().unwrap().last_cut, 2);
+    assert_same(&fx.device_bytes(), &img, "after the refused cut");
+    drop(store);
+    // Space back: the cut goes through.
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("hog.") {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    let mut s = ReplicaSession::new(open(&fx));
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let r = feed(
+        &mut s,
+        cut_frames(&img3, &fx.g, &small, 3, Some(2), CutKind::Incremental),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 3 }]);
+    assert_same(&fx.device_bytes(), &img3, "after space came back");
+}
+
 #[test]
 fn crash_at_every_step_of_a_seed_leaves_a_new_replica_or_cut_1() {
     let steps = CommitStep::all_seed(5);

@@ -148,19 +148,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(format!("fsync directory {}", dir.display()), e))
 }
 
-/// Atomically replaces the state file of `dir`: write a temporary file, fsync it, rename
-/// it over the state file, fsync the directory.
+/// Atomically replaces the state file of `dir`: write the temporary file (into the space
+/// the store reserved for it at the cut's start, if it did; created otherwise), fsync it, rename it over the
+/// state file, fsync the directory.
 pub(crate) fn write_state(dir: &Path, state: &ReplicaState) -> Result<(), StoreError> {
     let tmp: PathBuf = dir.join(STATE_TMP);
     let path = dir.join(STATE_FILE);
     let res = (|| -> io::Result<()> {
-        let _ = fs::remove_file(&tmp);
+        let text = state.to_text();
         let mut f = fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(state.to_text().as_bytes())?;
+        f.write_all(text.as_bytes())?;
+        f.set_len(text.len() as u64)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)
     })();

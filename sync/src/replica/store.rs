@@ -15,11 +15,6 @@ use super::{CommitStep, StoreError};
 
 pub use super::journal::JournalHeader as CutHeader;
 
-/// Space reserved in the journal's preallocation and released (by truncating the journal
-/// to its end) right after the commit record, so the state file can still be written when
-/// the journal filled the state dir.
-const COMMIT_RESERVE: u64 = 64 << 10;
-
 const LOCK_FILE: &str = "lock";
 
 /// What [`ReplicaStore::open`] found in the state dir.
@@ -71,8 +66,13 @@ pub struct ReplicaStore {
     seed: Option<SeedCut>,
     recovery: RecoveryReport,
     crash_at: Option<CommitStep>,
+    /// Called at each commit step (tests only: something else happening right there).
+    step_hook: Option<StepHook>,
     dead: Option<String>,
 }
+
+/// See [`ReplicaStore::set_step_hook`].
+pub type StepHook = Box<dyn FnMut(CommitStep) + Send>;
 
 impl std::fmt::Debug for ReplicaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +142,28 @@ fn preallocate(f: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Space [`reserve_state`] holds for the next state file (its text is under 300 bytes).
+const STATE_RESERVE: u64 = 4096;
+
+/// Creates the temporary state file of `dir` with [`STATE_RESERVE`] bytes allocated, so the
+/// commit's `write_state` needs no new space. Invariant: a cut is only begun once this
+/// succeeded, so once its journal is committed nothing else that fills the state dir (a log,
+/// another process racing for the blocks the commit frees) can make the commit fail.
+fn reserve_state(dir: &Path) -> io::Result<()> {
+    let tmp = dir.join(STATE_TMP);
+    let res = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|f| preallocate(&f, STATE_RESERVE));
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
 impl ReplicaStore {
     /// Opens the replica device (read-write) and the state dir (created 0700 if missing),
     /// locks the state dir, and recovers: a committed journal is replayed onto the device,
@@ -190,6 +212,7 @@ impl ReplicaStore {
             seed: None,
             recovery: RecoveryReport::Clean,
             crash_at,
+            step_hook: None,
             dead: None,
         };
         store.recovery = store.recover()?;
@@ -202,6 +225,13 @@ impl ReplicaStore {
     #[doc(hidden)]
     pub fn set_crash_point(&mut self, step: Option<CommitStep>) {
         self.crash_at = step;
+    }
+
+    /// Calls `hook` at every commit step, before the crash point is checked: lets a test
+    /// act in the middle of a commit (fill the state dir, say). Tests only.
+    #[doc(hidden)]
+    pub fn set_step_hook(&mut self, hook: Option<StepHook>) {
+        self.step_hook = hook;
     }
 
     /// The committed state; `None` for a new replica that has committed no cut yet.
@@ -248,6 +278,9 @@ impl ReplicaStore {
 
     /// If `step` is the armed crash point: die there.
     fn step(&mut self, step: CommitStep) -> Result<(), StoreError> {
+        if let Some(hook) = self.step_hook.as_mut() {
+            hook(step);
+        }
         if self.crash_at != Some(step) {
             return Ok(());
         }
@@ -372,9 +405,10 @@ impl ReplicaStore {
         Ok(())
     }
 
-    /// Starts receiving a cut: creates the journal, preallocating `needed` bytes of chunk
-    /// records (plus header, commit record and a reserve). A state dir without that much
-    /// space fails here with [`StoreError::NoSpace`], before any data is shipped.
+    /// Starts receiving a cut: reserves the space of the next state file (see
+    /// [`reserve_state`]) and creates the journal, preallocating `needed` bytes of chunk
+    /// records (plus header and commit record). A state dir without that much space fails
+    /// here with [`StoreError::NoSpace`], before any data is shipped.
     pub fn begin_cut(&mut self, header: CutHeader, needed: u64) -> Result<(), StoreError> {
         self.check_alive()?;
         self.abort_cut();
@@ -385,6 +419,14 @@ impl ReplicaStore {
                 self.device_bytes,
                 self.device_path.display()
             )));
+        }
+        if let Err(e) = reserve_state(&self.dir) {
+            return Err(StoreError::from_io_in_dir(
+                format!("reserve {}", self.dir.join(STATE_TMP).display()),
+                &self.dir,
+                STATE_RESERVE + if self.state.is_some() { needed } else { 0 },
+                e,
+            ));
         }
         if self.state.is_none() {
             // A new replica: seed straight onto the device (see SeedCut).
@@ -397,7 +439,7 @@ impl ReplicaStore {
             return Ok(());
         }
         let path = self.journal_path();
-        let total = HEADER_LEN + needed + COMMIT_LEN + COMMIT_RESERVE;
+        let total = HEADER_LEN + needed + COMMIT_LEN;
         let res = (|| -> io::Result<JournalWriter> {
             let f = fs::OpenOptions::new()
                 .read(true)
