@@ -513,7 +513,10 @@ f_statedir_full() {
 	local d
 	d=$(hold_s 4)
 	FSTART=$(now_ms)
-	dd if=/dev/zero of="$RDIR/fill" bs=1M status=none 2>/dev/null
+	# Kept full: each cut's journal frees its space at the commit (faults/fill.py).
+	rm -f "$T/fill.stop"
+	python3 "$HELP/fill.py" "$RDIR" "$T/fill.stop" >"$T/fill.out" 2>&1 &
+	local fpid=$!
 	sleep "$d"
 	# Held until the primary has seen a cut refused (NoSpace), at most 10 s more.
 	local end=$((SECONDS + 10))
@@ -522,7 +525,13 @@ f_statedir_full() {
 		t_fail "statedir_full: no cut refused with NoSpace in $d s + 10 s"
 		FAULT_OK=0
 	fi
-	rm -f "$RDIR/fill"
+	touch "$T/fill.stop"
+	wait "$fpid" || { t_fail "statedir_full: fill.py: $(cat "$T/fill.out")"; FAULT_OK=0; }
+	local held
+	held=$(tail -n1 "$T/fill.out")
+	case $held in '' | *[!0-9]*) held=0 ;; esac
+	NOTE="$NOTE; held $((held >> 20)) MiB"
+	rm -f "$RDIR"/fill.*
 	FEND=$(now_ms)
 }
 rdev_swap() { # TABLE (of frep)
