@@ -514,6 +514,70 @@ fn crash_case(step: CommitStep, recovery_crash: Option<CommitStep>) {
     assert_eq!(r, vec![Frame::Committed { cut: want.1 + 1 }]);
 }
 
+/// A store that a failure after the commit point stopped recovers in place, as a restart
+/// would: its committed journal is replayed whole. A failed retry keeps it stopped, and the
+/// next attempt waits (no replay at every reconnection).
+#[test]
+fn stopped_store_recovers_in_place() {
+    let fx = Fixture::new(6);
+    let mut rng = Rng(101);
+    let s = seeded(&fx, &mut rng);
+    let set = set(&[0, 2, 5]);
+    let cut2 = rewrite_regions(&fx, &mut rng, &set);
+    let mut store = s.into_store();
+    let steps = std::sync::Arc::new(std::sync::Mutex::new(0u32));
+    let counted = steps.clone();
+    store.set_step_hook(Some(Box::new(move |_| *counted.lock().unwrap() += 1)));
+    store.set_crash_point(Some(CommitStep::DeviceSynced));
+    let mut s = ReplicaSession::new(store);
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let e = feed(
+        &mut s,
+        cut_frames(&cut2, &fx.g, &set, 2, Some(1), CutKind::Incremental),
+    )
+    .expect_err("stopped at DeviceSynced");
+    assert!(e.message.contains("injected crash"), "{}", e.message);
+    let mut store = s.into_store();
+    assert!(store.is_stopped());
+    // Still failing (the crash point is hit again in the replay): stays stopped.
+    assert!(store.retry_recovery().is_err());
+    assert!(store.is_stopped());
+    // At once again: refused without an attempt.
+    let before = *steps.lock().unwrap();
+    let e = store.retry_recovery().expect_err("within the wait");
+    assert!(matches!(e, StoreError::Dead(_)), "{e}");
+    assert_eq!(
+        *steps.lock().unwrap(),
+        before,
+        "a retry ran within the wait"
+    );
+    // The fault is gone; after the wait the replay succeeds.
+    store.set_crash_point(None);
+    std::thread::sleep(bdr_sync::replica::RETRY_FIRST);
+    match store.retry_recovery().unwrap() {
+        RecoveryReport::Replayed {
+            cut: 2, chunks: 3, ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!store.is_stopped());
+    assert_eq!(store.state().unwrap().last_cut, 2);
+    assert_same(&fx.device_bytes(), &cut2, "after the recovery in place");
+    assert!(!fx.state_dir().join("journal").exists());
+    // And it serves on.
+    let mut s = ReplicaSession::new(store);
+    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
+    let set3 = [1u32].into_iter().collect();
+    let cut3 = rewrite_regions(&fx, &mut rng, &set3);
+    let r = feed(
+        &mut s,
+        cut_frames(&cut3, &fx.g, &set3, 3, Some(2), CutKind::Incremental),
+    )
+    .unwrap();
+    assert_eq!(r, vec![Frame::Committed { cut: 3 }]);
+    assert_same(&fx.device_bytes(), &cut3, "cut 3");
+}
+
 trait WriteAt {
     fn write_all_at_(&self, d: &[u8], off: u64);
 }

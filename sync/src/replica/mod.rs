@@ -20,7 +20,9 @@ mod store;
 pub use serve::{serve, ErrorRecord, ServeOptions, ServeStatus, StatusHandle};
 pub use session::{ReplicaSession, SessionError};
 pub use state::{volume_hex, ReplicaState};
-pub use store::{CommitReport, CutHeader, RecoveryReport, ReplicaStore};
+pub use store::{
+    CommitReport, CutHeader, RecoveryReport, ReplicaStore, StepHook, RETRY_FIRST, RETRY_MAX,
+};
 
 /// The steps of a commit, in order, for crash-point injection in tests: "the process died
 /// right after this step". `JournalAppend(k)` and `DeviceWrite(k)` count chunks from 0.
@@ -106,8 +108,9 @@ pub enum StoreError {
     #[error("injected crash after {0:?}")]
     Crashed(CommitStep),
     #[error(
-        "the replica store stopped after a failed commit ({0}); restart the replica so it \
-         recovers from its journal"
+        "the replica store stopped after a failed commit ({0}); it replays its journal again \
+         at the primary's next connection; if this persists, check the replica device and \
+         state dir, then restart the replica"
     )]
     Dead(String),
 }

@@ -178,6 +178,37 @@ async fn run_session(
     let (rd, wr) = sock.into_split();
     let mut reader = FrameReader::new(rd);
     let mut writer = FrameWriter::new(wr);
+    let store = if store.is_stopped() {
+        // A failed commit stopped it: recover as a restart would (at most every few
+        // seconds; see retry_recovery). Refused below, with the reason, if that fails.
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut store = store;
+            let r = store.retry_recovery();
+            (store, r)
+        })
+        .await;
+        match joined {
+            Ok((store, Ok(r))) => {
+                tracing::info!(%peer, recovery = ?r, "replica store recovered after a failed commit");
+                store
+            }
+            Ok((store, Err(e))) => {
+                tracing::warn!(%peer, error = %e, "replica store still stopped");
+                store
+            }
+            Err(e) => {
+                record_error(
+                    &status,
+                    Some(peer),
+                    ErrorCode::Io,
+                    format!("replica recovery task failed: {e}"),
+                );
+                return; // the store is lost with the panicked task
+            }
+        }
+    } else {
+        store
+    };
     let mut session = Some(ReplicaSession::new(store));
     let mut hello_seen = false;
     // The error to send before closing, if any.

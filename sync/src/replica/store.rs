@@ -69,7 +69,15 @@ pub struct ReplicaStore {
     /// Called at each commit step (tests only: something else happening right there).
     step_hook: Option<StepHook>,
     dead: Option<String>,
+    /// After a failed [`retry_recovery`](Self::retry_recovery): no new attempt before the
+    /// instant, and the wait that led to it.
+    retry: Option<(Instant, Duration)>,
 }
+
+/// The first wait between two recoveries of a stopped store.
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// The longest wait between two recoveries of a stopped store.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// See [`ReplicaStore::set_step_hook`].
 pub type StepHook = Box<dyn FnMut(CommitStep) + Send>;
@@ -214,6 +222,7 @@ impl ReplicaStore {
             crash_at,
             step_hook: None,
             dead: None,
+            retry: None,
         };
         store.recovery = store.recover()?;
         Ok(store)
@@ -290,6 +299,52 @@ impl ReplicaStore {
         // a real crash before any sync (which may or may not have kept it).
         self.open_cut = None;
         Err(StoreError::Crashed(step))
+    }
+
+    /// Whether a failed commit stopped the store (every call fails until a recovery).
+    pub fn is_stopped(&self) -> bool {
+        self.dead.is_some()
+    }
+
+    /// Runs the recovery of [`open`](Self::open) again on a store a failed commit stopped
+    /// (the replica device erred, say, and came back): the committed journal is replayed
+    /// whole — the writes whose write-back failed may be gone from the page cache, so
+    /// nothing short of rewriting them is trusted — and the store serves again. On failure
+    /// the store stays stopped, with the new reason. A store that is not stopped is left
+    /// as it is.
+    ///
+    /// Retries are spaced out: after a failed one, calls within [`RETRY_FIRST`] (doubling
+    /// at each failure up to [`RETRY_MAX`]) fail at once with the last reason, so a device
+    /// that keeps failing is not rewritten from the journal at every reconnection.
+    pub fn retry_recovery(&mut self) -> Result<RecoveryReport, StoreError> {
+        let Some(why) = &self.dead else {
+            return Ok(self.recovery.clone());
+        };
+        if self.retry.is_some_and(|(at, _)| Instant::now() < at) {
+            return Err(StoreError::Dead(why.clone()));
+        }
+        self.open_cut = None;
+        self.seed = None;
+        let res = read_state(&self.dir).and_then(|st| {
+            self.state = st;
+            self.recover()
+        });
+        match res {
+            Ok(r) => {
+                self.dead = None;
+                self.retry = None;
+                self.recovery = r.clone();
+                Ok(r)
+            }
+            Err(e) => {
+                self.dead = Some(e.to_string());
+                let wait = self
+                    .retry
+                    .map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+                self.retry = Some((Instant::now() + wait, wait));
+                Err(e)
+            }
+        }
     }
 
     fn recover(&mut self) -> Result<RecoveryReport, StoreError> {
