@@ -51,8 +51,9 @@
 #                  (the log must say so), the next one catches up; the primary sees nothing.
 #                  The daemon runs --no-precopy for this one (see f_cow_full)
 #   statedir_full  the replica's state dir filled up: the cut is refused up front (NoSpace)
-#   rdev_error     the replica device's table swapped to dm-error, then back; replica restarted
-#   rdev_flakey    the same with dm-flakey (error_writes, 1 s up / 1 s down)
+#   rdev_error     the replica device's table swapped to dm-error, then back; the replica is
+#                  not restarted: a store stopped by a failed commit recovers by itself
+#   rdev_flakey    the same with dm-flakey (error_writes, 1 s up / 1 s down); replica restarted
 #   detach_attach  fs unmounted (workload stopped: a mounted device cannot be detached), daemon
 #                  stopped (detach refuses while it runs), `bdr detach` + `bdr attach`, daemon
 #                  and workload started again; the fio files' hashes
@@ -537,20 +538,45 @@ f_statedir_full() {
 rdev_swap() { # TABLE (of frep)
 	dmsetup suspend frep && dmsetup load frep --table "$1" && dmsetup resume frep
 }
-rdev_fault() { # TABLE
-	local d
+rdev_fault() { # TABLE restart|self
+	local d l0
 	d=$(hold_s 4)
+	l0=$(wc -l <"$RLOG")
 	FSTART=$(now_ms)
 	rdev_swap "$1" || { t_fail "cannot load $1 into frep"; FAULT_OK=0; }
 	sleep "$d"
 	rdev_swap "0 $RSECT linear $RLOOP 0" || { t_fail "cannot restore frep"; FAULT_OK=0; }
 	NOTE="${d}s; primary saw: $(pj message | cut -c1-60)"
-	serve_restart || FAULT_OK=0
-	NOTE="$NOTE; recovery: $(rj recovery)"
+	if [ "$2" = restart ]; then
+		serve_restart || FAULT_OK=0
+		NOTE="$NOTE; recovery: $(rj recovery)"
+	else
+		# No restart: a store stopped by a failed commit replays its journal by itself at
+		# a later connection (the catch-up check below waits for it).
+		NOTE="$NOTE; no restart"
+	fi
 	FEND=$(now_ms)
+	[ "$2" = restart ] || rdev_self_recovery "$l0"
 }
-f_rdev_error() { rdev_fault "0 $RSECT error"; }
-f_rdev_flakey() { rdev_fault "0 $RSECT flakey $RLOOP 0 1 1 1 error_writes"; }
+# rdev_self_recovery LOG_LINE: if the replica's store stopped after a failed commit (its log
+# from LOG_LINE on says so), it must recover in place within 30 s, without a restart.
+rdev_self_recovery() {
+	local end=$((SECONDS + 30)) t0=$SECONDS
+	since() { tail -n +"$(($1 + 1))" "$RLOG"; }
+	if ! since "$1" | grep -q 'stopped after a failed commit'; then
+		NOTE="$NOTE; the store did not stop"
+		return
+	fi
+	while [ $SECONDS -lt $end ] && ! since "$1" | grep -q 'recovered after a failed commit'; do sleep 0.2; done
+	if since "$1" | grep -q 'recovered after a failed commit'; then
+		NOTE="$NOTE; store stopped, recovered in place $((SECONDS - t0)) s after the device came back"
+	else
+		t_fail "rdev_error: the stopped replica store did not recover by itself within 30 s"
+		FAULT_OK=0
+	fi
+}
+f_rdev_error() { rdev_fault "0 $RSECT error" self; }
+f_rdev_flakey() { rdev_fault "0 $RSECT flakey $RLOOP 0 1 1 1 error_writes" restart; }
 fs_sums() { (cd "$MNT" && find fio -type f -print0 | sort -z | xargs -0 b2sum); }
 reattach() { # reload|detach
 	local before after k
