@@ -55,6 +55,36 @@ modprobe null_blk nr_devices=0 || say "warning: modprobe null_blk failed"
 } >"$RESULTS/guest-env.txt" 2>&1
 
 # --- suites ---------------------------------------------------------------------------------
+# wait_suite PID DEADLINE: wait for PID to end, until the wall clock reaches DEADLINE (s).
+wait_suite() {
+	while kill -0 "$1" 2>/dev/null; do
+		[ "$(date +%s)" -lt "$2" ] || return 1
+		sleep 1
+	done
+}
+
+# rescue_hung NAME: a suite is stuck past its timeout. Write what the guest knows to
+# $RESULTS/NAME.hung.txt (processes in D state and where they sleep, device-mapper states, the
+# kernel's blocked-task dump), then resume every suspended dm device, the usual reason a
+# process cannot die here. Prints a one-line summary.
+rescue_hung() {
+	local out=$RESULTS/$1.hung.txt d stuck susp=''
+	stuck=$(ps -eo stat=,pid=,wchan:32=,args= | awk '$1 ~ /^D/' | cut -c1-160)
+	{
+		echo "--- processes in D state"; printf '%s\n' "$stuck"
+		echo "--- dmsetup info"; timeout 10 dmsetup info -c 2>&1
+		echo "--- dmsetup table"; timeout 10 dmsetup table 2>&1
+	} >"$out" 2>&1
+	echo 1 >/proc/sys/kernel/sysrq 2>/dev/null
+	echo w >/proc/sysrq-trigger 2>/dev/null
+	sleep 1
+	{ echo "--- kernel log (blocked tasks at the end)"; dmesg | tail -n 300; } >>"$out" 2>&1
+	for d in $(timeout 10 dmsetup info -c --noheadings --separator ' ' -o name,suspended 2>/dev/null | awk '$2 == "Suspended" {print $1}'); do
+		timeout 10 dmsetup resume "$d" 2>/dev/null && susp="$susp $d"
+	done
+	echo "$(printf '%s\n' "$stuck" | grep -c .) process(es) in D state; resumed:${susp:- none}"
+}
+
 cd "$T_SCRATCH" || cd /tmp || exit 1
 for suite_file in "$@"; do
 	name=$(basename "$suite_file" .sh)
@@ -69,11 +99,26 @@ for suite_file in "$@"; do
 	tmo=${VM_SUITE_TIMEOUT_OVERRIDE:-$tmo} # e.g. a long tier of a suite (VM_ENV_... in run.sh)
 	say "suite $name (timeout ${tmo}s)"
 	start=$(date +%s)
-	T_SUITE=$name timeout --kill-after=10 "$tmo" bash "$suite_file" >"$RESULTS/$name.log" 2>&1 </dev/null
+	T_SUITE=$name timeout --kill-after=10 "$tmo" bash "$suite_file" >"$RESULTS/$name.log" 2>&1 </dev/null &
+	spid=$!
+	hung=''
+	if ! wait_suite "$spid" $((start + tmo + 60)); then
+		# `timeout` could not reap the suite: a process is stuck in the kernel (D state),
+		# where no signal reaches it. Record who and where, then try to let it go.
+		hung=$(rescue_hung "$name")
+		wait_suite "$spid" $(($(date +%s) + 30)) || say "suite $name: still stuck; going on without it"
+	fi
+	wait "$spid" 2>/dev/null
 	rc=$?
 	secs=$(($(date +%s) - start))
 	first=$(head -n1 "$verdict" 2>/dev/null | awk '{print $1}')
-	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+	if [ -n "$hung" ]; then
+		{
+			echo "FAIL hung: the suite outlived its ${tmo}s timeout by 60 s ($hung; see $name.hung.txt)"
+			tail -n +2 "$verdict" 2>/dev/null
+		} >"$verdict.new"
+		mv "$verdict.new" "$verdict"
+	elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
 		# The suite's EXIT trap may have run on SIGTERM and closed the case it was in.
 		in_case=$(cat "$RESULTS/$name.current" 2>/dev/null ||
 			sed -n 's/^FAIL \(.*\): suite exited with status.*/\1/p' "$RESULTS/$name.cases" 2>/dev/null | tail -n1)

@@ -190,10 +190,26 @@ _vm_boot_once() {
 	# Through a pipe: QEMU reopens its stdout, which would write over a redirected file.
 	if [ "$console" = - ]; then
 		"${cmd[@]}" </dev/null 2>&1 | cat
+		rc=${PIPESTATUS[0]}
 	else
-		"${cmd[@]}" </dev/null 2>&1 | cat >"$console"
+		"${cmd[@]}" </dev/null > >(cat >"$console") 2>&1 &
+		local vpid=$! t0=$SECONDS started=${VM_BOOT_STARTED:-} limit=${VM_START_TIMEOUT:-300} killed=''
+		# A guest that has not started its command after $limit s is stuck in its boot
+		# (seen once in a while under emulation): stop it so that vm_boot tries again,
+		# instead of waiting for the hard timeout.
+		while kill -0 "$vpid" 2>/dev/null; do
+			if [ -z "$killed" ] && [ -n "$started" ] && [ ! -e "$started" ] &&
+				[ $((SECONDS - t0)) -ge "$limit" ]; then
+				vm_log "$kver: the guest has not started after ${limit}s: stopping it"
+				kill -TERM "$vpid" 2>/dev/null # timeout(1) passes it on to vng
+				killed=1
+			fi
+			sleep 1
+		done
+		wait "$vpid"
+		rc=$?
+		[ -z "$killed" ] || rc=125
 	fi
-	rc=${PIPESTATUS[0]}
 	case $rc in 124 | 137) vm_log "$kver: killed after the hard timeout of ${tmo}s" ;; esac
 	return "$rc"
 }

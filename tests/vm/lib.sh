@@ -80,8 +80,10 @@ rm -f "$_T_CUR"
 t_info() { printf '%s\n' "$*"; }
 
 _t_record() { # STATUS NAME [MSG]
+	local secs=''
+	[ ! -f "$_T_STATE/t0" ] || secs=" [$(($(date +%s) - $(cat "$_T_STATE/t0")))s]"
 	printf '%s %s%s\n' "$1" "$2" "${3:+: $3}" >>"$_T_CASES"
-	printf -- '--- %s %s%s\n' "$1" "$2" "${3:+: $3}"
+	printf -- '--- %s %s%s%s\n' "$1" "$2" "${3:+: $3}" "$secs"
 }
 
 _t_open() { [ -f "$_T_CUR" ] && [ ! -f "$_T_STATE/failed" ]; }
@@ -90,12 +92,13 @@ t_case() {
 	_t_open && _t_record PASS "$(cat "$_T_CUR")"
 	rm -f "$_T_STATE/failed"
 	printf '%s\n' "$1" >"$_T_CUR"
+	date +%s >"$_T_STATE/t0"
 	printf '=== %s\n' "$1"
 }
 
 t_pass() {
 	_t_open && _t_record PASS "$(cat "$_T_CUR")"
-	rm -f "$_T_CUR" "$_T_STATE/failed"
+	rm -f "$_T_CUR" "$_T_STATE/failed" "$_T_STATE/t0"
 	return 0
 }
 
@@ -113,7 +116,7 @@ t_fail() {
 
 t_skip() {
 	_t_open && _t_record SKIP "$(cat "$_T_CUR")" "$*"
-	rm -f "$_T_CUR" "$_T_STATE/failed"
+	rm -f "$_T_CUR" "$_T_STATE/failed" "$_T_STATE/t0"
 	return 0
 }
 

@@ -11,7 +11,11 @@
 # a table and `vm: N passed, N failed`; exits 1 on any failure.
 #
 # Environment: VM_BOOT_TIMEOUT (hard limit of one guest run, s, default 600),
-# VM_SUITE_TIMEOUT (default per suite, s, default 300), VM_MEMORY, VM_CPUS.
+# VM_SUITE_TIMEOUT (default per suite, s, default 300), VM_START_TIMEOUT (a guest that has
+# not started its command by then is stopped and booted once more, s, default 300),
+# VM_MEMORY, VM_CPUS, VM_DEADLINE (wall clock, s since the epoch, by which every kernel's run
+# must be over: each kernel then gets at most an equal share of the time left, so that a slow
+# or stuck first kernel cannot leave the next one no time at all; CI sets it).
 # VM_ENV_<NAME>=VALUE is passed to the guest's suites as <NAME>=VALUE (e.g. VM_ENV_FAULTS_TIER).
 set -uo pipefail
 
@@ -68,8 +72,25 @@ else
 	row all build:rust FAIL "cargo build failed (see above)"
 fi
 
+# report_unfinished RESULTS_DIR: the guest did not finish; CI keeps only what is printed, so
+# print where it was: its own log, the tail of the suite it was in, and the console's tail
+# (kernel messages: hung tasks, panics).
+report_unfinished() {
+	local res=$1 cur
+	vm_log "the guest did not finish; its log ($res/guest.log):"
+	sed 's/^/    /' "$res/guest.log" >&2 2>/dev/null
+	cur=$(sed -n 's/^guest: suite \([^ ]*\) (timeout.*/\1/p' "$res/guest.log" 2>/dev/null | tail -n1)
+	if [ -n "$cur" ]; then
+		vm_log "the suite it was in, $cur: open case '$(cat "$res/$cur.current" 2>/dev/null)'; last lines of $cur.log:"
+		tail -n 40 "$res/$cur.log" 2>/dev/null | sed 's/^/    /' >&2
+	fi
+	vm_log "last lines of the console ($res/console.log):"
+	tail -n 60 "$res/console.log" 2>/dev/null | sed 's/^/    /' >&2
+}
+
 dmesg_bad='WARNING:|BUG:|Oops|scheduling while atomic|general protection|KASAN|kernel BUG|Call Trace'
 
+kdone=0
 for kver in "${kernels[@]}"; do
 	VM_TAG=$kver
 	res=$here/results/$kver
@@ -91,9 +112,15 @@ for kver in "${kernels[@]}"; do
 	vm_write_env "$res/guest.env" RESULTS="$res" BDR_KO="${VM_KO:-}" BDR_BIN="$bin" \
 		BDR_CONFORMANCE_BIN="$conf" BDR_TEST_BINS="$VM_ROOT/target/vm/test-bins.txt" \
 		VM_SUITE_TIMEOUT="${VM_SUITE_TIMEOUT:-300}" "${envs[@]}"
-	vm_log "booting, ${#suites[@]} suite(s), hard timeout ${boot_timeout}s"
+	tmo=$boot_timeout
+	if [ -n "${VM_DEADLINE:-}" ]; then
+		share=$(((VM_DEADLINE - $(date +%s)) / (${#kernels[@]} - kdone)))
+		[ "$share" -ge "$tmo" ] || tmo=$((share > 60 ? share : 60))
+	fi
+	kdone=$((kdone + 1))
+	vm_log "booting, ${#suites[@]} suite(s), hard timeout ${tmo}s"
 	t0=$(date +%s)
-	VM_BOOT_STARTED=$res/guest.log vm_boot "$kver" "$res" "$boot_timeout" "$res/console.log" \
+	VM_BOOT_STARTED=$res/guest.log vm_boot "$kver" "$res" "$tmo" "$res/console.log" \
 		bash "$here/guest.sh" "$res/guest.env" "${suites[@]}"
 	brc=$?
 	secs=$(($(date +%s) - t0))
@@ -113,12 +140,17 @@ for kver in "${kernels[@]}"; do
 		case $word in
 		PASS | SKIP) row "$kver" "$name" "$word" "$detail${t:+ ($t)}" ;;
 		*) row "$kver" "$name" FAIL "$detail${t:+ ($t)}"
-			grep '^FAIL ' "$v" | sed "s|^|    $kver $name: |" >&2 ;;
+			grep '^FAIL ' "$v" | sed "s|^|    $kver $name: |" >&2
+			# CI keeps only what is printed: the end of the suite's log, and what a hung
+			# suite left (tests/vm/guest.sh).
+			tail -n 30 "$res/$name.log" 2>/dev/null | sed "s|^|    $name.log: |" >&2
+			head -n 120 "$res/$name.hung.txt" 2>/dev/null | sed "s|^|    $name.hung.txt: |" >&2 ;;
 		esac
 	done
 
 	if [ ! -f "$res/guest.done" ] || [ ! -s "$res/dmesg.txt" ]; then
 		row "$kver" dmesg FAIL "no dmesg.txt: the guest did not finish"
+		report_unfinished "$res"
 	elif bad=$(grep -E "$dmesg_bad" "$res/dmesg.txt"); then
 		row "$kver" dmesg FAIL "$(printf '%s\n' "$bad" | wc -l) suspicious line(s)"
 		vm_log "kernel log of $kver has warnings (full log: $res/dmesg.txt):"
