@@ -30,7 +30,7 @@ wr() { dd if=/dev/urandom of="$1" bs=4096 count="${3:-1}" seek=$(($2 / 4096)) of
 
 t_case "bdr attach, status and detach on a real device"
 load_bdr || t_fail "load_bdr"
-lower=$(mk_nullb 256 memory_backed=1) || t_fail "mk_nullb"
+lower=$(mk_nullb 128 memory_backed=1) || t_fail "mk_nullb"
 assert_ok "$B" attach c "$lower" --region-size 64KiB --id cut-c --kmod "$BDR_KO"
 t_defer _dm_rm c
 assert_ok test -b /dev/mapper/c
@@ -96,7 +96,7 @@ fio_pid=$!
 churn_pid=$!
 sleep 2
 : >"$T_SCRATCH/suspend_us"
-for i in $(seq 10); do
+for i in $(seq 8); do
 	out=$(cut c --copy-to "$T_SCRATCH/fsimg") || { t_fail "cut $i failed"; break; }
 	echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["suspend_us"])' >>"$T_SCRATCH/suspend_us"
 	e2fsck -fn "$T_SCRATCH/fsimg" >"$T_SCRATCH/fsck.log" 2>&1 || { t_fail "cut $i: e2fsck: $(tail -n 5 "$T_SCRATCH/fsck.log")"; break; }
