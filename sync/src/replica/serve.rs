@@ -323,8 +323,15 @@ async fn run_session(
         st.in_cut = None;
         st.peer = None;
     }
+    let store = s.into_store();
+    if store.is_stopped() {
+        tracing::warn!(
+            %peer,
+            "replica store stopped after a failed commit: it replays its journal at the next connection"
+        );
+    }
     // Give the store back before lingering, so the next primary can connect at once.
-    *slot.lock().unwrap() = Some(s.into_store());
+    *slot.lock().unwrap() = Some(store);
     if let Some(f) = fail {
         let _ = writer.write_frame(&f).await;
         let _ = writer.shutdown().await;
