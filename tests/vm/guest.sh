@@ -122,8 +122,15 @@ for suite_file in "$@"; do
 		# The suite's EXIT trap may have run on SIGTERM and closed the case it was in.
 		in_case=$(cat "$RESULTS/$name.current" 2>/dev/null ||
 			sed -n 's/^FAIL \(.*\): suite exited with status.*/\1/p' "$RESULTS/$name.cases" 2>/dev/null | tail -n1)
+		# What it left stuck (a process in D state on a suspended device) would hang a
+		# later suite: record it and let it go.
+		left=''
+		if ps -eo stat= | grep -q '^D' ||
+			timeout 10 dmsetup info -c --noheadings -o suspended 2>/dev/null | grep -q Suspended; then
+			left="; left behind: $(rescue_hung "$name") (see $name.hung.txt)"
+		fi
 		{
-			echo "FAIL timeout after ${tmo}s (in case: ${in_case:-?})"
+			echo "FAIL timeout after ${tmo}s (in case: ${in_case:-?})$left"
 			tail -n +2 "$verdict" 2>/dev/null
 		} >"$verdict.new"
 		mv "$verdict.new" "$verdict"

@@ -186,7 +186,9 @@ _vm_boot_once() {
 	shift 4
 	command -v vng >/dev/null || { vm_log "vng not found: run scripts/install-deps.sh"; return 127; }
 	local cmd=(timeout --kill-after=15 "$tmo" vng -r "/boot/vmlinuz-$kver" --disable-kvm
-		--memory "$VM_MEMORY" --cpus "$VM_CPUS" --rwdir "$rwdir" -- "$@")
+		--memory "$VM_MEMORY" --cpus "$VM_CPUS" --rwdir "$rwdir")
+	[ -z "${VM_QEMU_CPU:-}" ] || cmd+=(--qemu-opts="-cpu $VM_QEMU_CPU")
+	cmd+=(-- "$@")
 	# Through a pipe: QEMU reopens its stdout, which would write over a redirected file.
 	if [ "$console" = - ]; then
 		"${cmd[@]}" </dev/null 2>&1 | cat
