@@ -108,8 +108,8 @@ for suite_file in "$@"; do
 		hung=$(rescue_hung "$name")
 		wait_suite "$spid" $(($(date +%s) + 30)) || say "suite $name: still stuck; going on without it"
 	fi
-	wait "$spid" 2>/dev/null
-	rc=$?
+	rc=125
+	kill -0 "$spid" 2>/dev/null || { wait "$spid" 2>/dev/null; rc=$?; } # a stuck one: no wait
 	secs=$(($(date +%s) - start))
 	first=$(head -n1 "$verdict" 2>/dev/null | awk '{print $1}')
 	if [ -n "$hung" ]; then
