@@ -78,7 +78,7 @@ rescue_hung() {
 	echo 1 >/proc/sys/kernel/sysrq 2>/dev/null
 	echo w >/proc/sysrq-trigger 2>/dev/null
 	sleep 1
-	{ echo "--- kernel log (blocked tasks at the end)"; dmesg | tail -n 300; } >>"$out" 2>&1
+	{ echo "--- kernel log (blocked tasks at the end)"; dmesg | tail -n 100; } >>"$out" 2>&1
 	for d in $(timeout 10 dmsetup info -c --noheadings --separator ' ' -o name,suspended 2>/dev/null | awk '$2 == "Suspended" {print $1}'); do
 		timeout 10 dmsetup resume "$d" 2>/dev/null && susp="$susp $d"
 	done
