@@ -239,9 +239,11 @@ pub fn run(a: &ReplicaServeArgs) -> Result<()> {
     runtime()?.block_on(async {
         let listener = bind(listen, a.bind_interface.as_deref()).await?;
         file.listen = listener.local_addr()?.to_string();
+        // Signals are handled before the status file says "serving": a SIGTERM sent as
+        // soon as it does must stop the replica cleanly, not kill it.
+        let stop = stop_on_signals()?;
         file.write(dir);
         tracing::info!(listen = %file.listen, interface = ?a.bind_interface, "serving");
-        let stop = stop_on_signals()?;
         let status = Arc::new(Mutex::new(ServeStatus::default()));
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
         let writer = {
