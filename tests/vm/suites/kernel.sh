@@ -130,11 +130,8 @@ iolog=$T_SCRATCH/k-load.iolog
 got=$T_SCRATCH/k-load.got
 : >"$got"
 # fio runs until the loop has frozen at least 8 times and 8 s have passed (a slow emulator
-# makes each freeze/dump/ack round take a second or more), then is stopped. psync: fio logs a
-# write just before its pwrite, which completes even when the SIGINT lands meanwhile, so
-# every logged write has completed. (With libaio a write can be logged when queued and then
-# dropped, never submitted, when the SIGINT comes before the batch is: one such write once
-# showed up as a region fio logged and no bitmap held.)
+# makes each freeze/dump/ack round take a second or more), then is stopped by a SIGINT,
+# which may drop the write fio has just logged (see the check below).
 fio --name=kload --filename="$dev" --rw=randwrite --bs=4k --size=128M --time_based --runtime=300 \
 	--ioengine=psync --direct=1 --write_iolog="$iolog" \
 	--output=/dev/null &
@@ -162,8 +159,21 @@ for f in "$iolog"*; do
 done |
 	sort -nu >"$got.expected"
 sort -nu "$got" >"$got.sorted"
-assert_eq "$(wc -l <"$got.expected")" "$(wc -l <"$got.sorted")" "region count: fio log vs bitmaps"
-assert_ok cmp -s "$got.expected" "$got.sorted"
+extra=$(comm -13 "$got.expected" "$got.sorted" | head -n 5)
+[ -z "$extra" ] || t_fail "bits of regions fio never wrote: $extra"
+# A region fio logged and no bitmap holds: a lost bit if the write reached the device, a
+# write fio logged and then dropped at the SIGINT if the block is still zero (the device
+# started zeroed; fio writes random data). Seen once per run at most, on both engines.
+unissued=0
+for r in $(comm -23 "$got.expected" "$got.sorted"); do
+	if dd if="$dev" bs=4096 skip="$r" count=1 iflag=direct status=none | cmp -s -n 4096 - /dev/zero; then
+		unissued=$((unissued + 1))
+	else
+		t_fail "region $r holds written data but no bitmap has its bit"
+	fi
+done
+t_info "regions in fio's log: $(wc -l <"$got.expected"), in the bitmaps: $(wc -l <"$got.sorted"), logged but never written (still zero): $unissued"
+[ "$unissued" -le 1 ] || t_fail "$unissued writes logged but never issued: more than the one the SIGINT can drop"
 rm -f "$iolog"* "$got"*
 assert_ok dmsetup remove --retry k-load
 
