@@ -520,16 +520,20 @@ after_cow_full() { # the COW overflow must have been seen; the replica caught up
 f_statedir_full() {
 	local d
 	d=$(hold_s 4)
+	local l0
+	l0=$(wc -l <"$PLOG")
 	FSTART=$(now_ms)
 	# Kept full: each cut's journal frees its space at the commit (faults/fill.py).
 	rm -f "$T/fill.stop"
 	python3 "$HELP/fill.py" "$RDIR" "$T/fill.stop" >"$T/fill.out" 2>&1 &
 	local fpid=$!
 	sleep "$d"
-	# Held until the primary has seen a cut refused (NoSpace), at most 10 s more.
+	# Held until the primary has seen a cut refused (NoSpace), at most 10 s more. Its log is
+	# the record: the status file's message lasts only until the next attempt.
 	local end=$((SECONDS + 10))
-	while [ $SECONDS -lt $end ] && ! grep -q 'NoSpace' "$PDIR/status.json"; do sleep 0.2; done
-	if grep -q 'NoSpace' "$PDIR/status.json"; then NOTE="primary saw: $(pj message | cut -c1-80)"; else
+	nospace_seen() { tail -n +"$((l0 + 1))" "$PLOG" | grep -q 'refused (NoSpace)' || grep -q 'NoSpace' "$PDIR/status.json"; }
+	while [ $SECONDS -lt $end ] && ! nospace_seen; do sleep 0.2; done
+	if nospace_seen; then NOTE="primary saw: $(tail -n +"$((l0 + 1))" "$PLOG" | grep -o 'refused (NoSpace)[^"]*' | head -n1 | cut -c1-80)"; else
 		t_fail "statedir_full: no cut refused with NoSpace in $d s + 10 s"
 		FAULT_OK=0
 	fi
