@@ -744,28 +744,28 @@ fn mount_small_tmpfs(dir: &Path) -> bool {
     matches!(st, Ok(s) if s.success())
 }
 
-struct Unmount<'a>(&'a Path);
-impl Drop for Unmount<'_> {
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0).status();
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
-#[test]
-fn state_dir_full_aborts_the_cut_with_no_space() {
-    let fx = Fixture::new(40); // 40 x 64 KiB = 2.5 MiB per full cut > 1 MiB tmpfs
-    let mut rng = Rng(14);
+/// A 40-region replica (2.5 MiB per full cut) whose state dir is a 1 MiB tmpfs, seeded
+/// straight to the device with a full rescan as cut 1 (a seed needs no journal space).
+/// `None`, the test skipped, where no tmpfs can be mounted. Bind the tuple in this order
+/// (`let (fx, _unmount, mut rng, mut s)`): the session closes, then the tmpfs is unmounted,
+/// then the fixture removed.
+fn seeded_on_small_tmpfs(test: &str, seed: u64) -> Option<(Fixture, Unmount, Rng, ReplicaSession)> {
+    let fx = Fixture::new(40);
+    let mut rng = Rng(seed);
     fx.create(&mut rng, 0);
     let dir = fx.state_dir();
     if !mount_small_tmpfs(&dir) {
-        eprintln!(
-            "SKIPPED state_dir_full_aborts_the_cut_with_no_space: cannot mount a tmpfs (not root?)"
-        );
-        return;
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs (not root?)");
+        return None;
     }
-    let _guard = Unmount(&dir);
-    // The seed of a new replica goes straight to the device: a full 2.5 MiB rescan
-    // needs no journal space.
+    let unmount = Unmount(dir);
     let mut s = ReplicaSession::new(open(&fx));
     s.on_frame(hello(&fx.g, VOLUME)).unwrap();
     let src = fx.source_bytes();
@@ -776,6 +776,17 @@ fn state_dir_full_aborts_the_cut_with_no_space() {
     )
     .unwrap();
     assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
+    Some((fx, unmount, rng, s))
+}
+
+#[test]
+fn state_dir_full_aborts_the_cut_with_no_space() {
+    let Some((fx, _unmount, mut rng, mut s)) =
+        seeded_on_small_tmpfs("state_dir_full_aborts_the_cut_with_no_space", 14)
+    else {
+        return;
+    };
+    let dir = fx.state_dir();
     let cut1 = fx.device_bytes();
     // A full cut needs ~2.5 MiB of journal.
     scribble(&fx.source(), &fx.g, &mut rng, 20);
@@ -841,27 +852,12 @@ fn fill_up(dir: &Path) -> u64 {
 /// the next cut is refused with NoSpace up front.
 #[test]
 fn state_dir_filled_during_a_commit_does_not_fail_it() {
-    let fx = Fixture::new(40);
-    let mut rng = Rng(15);
-    fx.create(&mut rng, 0);
-    let dir = fx.state_dir();
-    if !mount_small_tmpfs(&dir) {
-        eprintln!(
-            "SKIPPED state_dir_filled_during_a_commit_does_not_fail_it: cannot mount a tmpfs (not root?)"
-        );
+    let Some((fx, _unmount, mut rng, s)) =
+        seeded_on_small_tmpfs("state_dir_filled_during_a_commit_does_not_fail_it", 15)
+    else {
         return;
-    }
-    let _guard = Unmount(&dir);
-    let mut s = ReplicaSession::new(open(&fx));
-    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
-    let src = fx.source_bytes();
-    let all = all_regions(&fx.g);
-    let r = feed(
-        &mut s,
-        cut_frames(&src, &fx.g, &all, 1, None, CutKind::Rescan),
-    )
-    .unwrap();
-    assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
+    };
+    let dir = fx.state_dir();
 
     let mut store = s.into_store();
     let (hog_dir, taken) = (
@@ -1226,27 +1222,13 @@ fn crash_at_every_step_of_a_multi_pass_cut() {
 /// the journal is removed and the replica stays at its last cut.
 #[test]
 fn pass_that_does_not_fit_is_refused_with_no_space() {
-    let fx = Fixture::new(40);
-    let mut rng = Rng(23);
-    fx.create(&mut rng, 0);
-    let dir = fx.state_dir();
-    if !mount_small_tmpfs(&dir) {
-        eprintln!(
-            "SKIPPED pass_that_does_not_fit_is_refused_with_no_space: cannot mount a tmpfs (not root?)"
-        );
+    let Some((fx, _unmount, mut rng, mut s)) =
+        seeded_on_small_tmpfs("pass_that_does_not_fit_is_refused_with_no_space", 23)
+    else {
         return;
-    }
-    let _guard = Unmount(&dir);
-    let mut s = ReplicaSession::new(open(&fx));
-    s.on_frame(hello(&fx.g, VOLUME)).unwrap();
-    let src = fx.source_bytes();
+    };
+    let dir = fx.state_dir();
     let all = all_regions(&fx.g);
-    let r = feed(
-        &mut s,
-        cut_frames(&src, &fx.g, &all, 1, None, CutKind::Rescan),
-    )
-    .unwrap();
-    assert_eq!(r, vec![Frame::Committed { cut: 1 }]);
     let cut1 = fx.device_bytes();
     let small = set(&[1, 2]);
     let img = rewrite_regions(&fx, &mut rng, &all);
