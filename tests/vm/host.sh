@@ -149,8 +149,7 @@ PY
 	) || return 1
 	[ -n "$VM_BDR_BIN" ] || { vm_log "cargo built no 'bdr' binary"; return 1; }
 	[ "$want_tests" = 1 ] || return 0
-	cp "$dir/build.json" "$dir/tests.json"
-	python3 - "$dir/tests.json" >"$dir/test-bins.txt" <<'PY' || return 1
+	python3 - "$dir/build.json" >"$dir/test-bins.txt" <<'PY' || return 1
 import json, sys
 for line in open(sys.argv[1]):
     try:
