@@ -17,6 +17,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::frame::{CutKind, MAX_REGION_BYTES};
@@ -283,16 +284,54 @@ pub(crate) fn verify(path: &Path) -> io::Result<Result<CommittedJournal, NotComm
     }))
 }
 
-/// Calls `each(offset, data)` for every chunk record of a journal known to be committed.
-pub(crate) fn for_each_chunk(
-    path: &Path,
-    mut each: impl FnMut(u64, &[u8]) -> io::Result<()>,
+/// Where a chunk record's data lies: `len` bytes at `pos` in the journal, for `offset` on
+/// the device.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordData {
+    pub(crate) offset: u64,
+    pub(crate) pos: u64,
+    pub(crate) len: u64,
+}
+
+/// Calls `each` for every chunk record of a journal known to be committed (see
+/// [`verify`]), reading only the records' heads: the data stays in the file, for the
+/// caller to copy in the kernel.
+pub(crate) fn for_each_record(
+    file: &File,
+    mut each: impl FnMut(RecordData) -> io::Result<()>,
 ) -> io::Result<()> {
-    match walk(path, |_| {}, |o, d, _| each(o, d), false)? {
-        Ok(_) => Ok(()),
-        Err(reason) => Err(io::Error::new(
+    let bad = |reason: String| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
             format!("committed journal became unreadable: {reason}"),
-        )),
+        )
+    };
+    let mut h = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut h, 0)?;
+    let (header, _) = JournalHeader::decode(&h).map_err(bad)?;
+    let mut pos = HEADER_LEN;
+    loop {
+        let mut head = [0u8; CHUNK_HEADER_LEN as usize];
+        file.read_exact_at(&mut head, pos)?;
+        if &head[0..4] == COMMIT_TAG {
+            return Ok(());
+        }
+        if &head[0..4] != CHUNK_TAG {
+            return Err(bad(format!("no record at {pos}")));
+        }
+        let len = u64::from(u32::from_le_bytes(head[4..8].try_into().unwrap()));
+        let offset = u64::from_le_bytes(head[8..16].try_into().unwrap());
+        if len == 0 || len > u64::from(header.region_bytes) {
+            return Err(bad(format!("chunk record of bad length {len}")));
+        }
+        if offset
+            .checked_add(len)
+            .map_or(true, |e| e > header.dev_bytes)
+        {
+            return Err(bad(format!("chunk record at {offset} past the volume end")));
+        }
+        pos += CHUNK_HEADER_LEN;
+        each(RecordData { offset, pos, len })?;
+        pos += len;
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::frame::ErrorCode;
 
 mod journal;
+mod kcopy;
 mod serve;
 mod session;
 mod state;

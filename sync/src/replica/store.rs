@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bdr_bitmap::Geometry;
 
 use super::journal::{self, JournalWriter, CHUNK_HEADER_LEN, COMMIT_LEN, HEADER_LEN, JOURNAL_FILE};
+use super::kcopy;
 use super::state::{read_state, sync_dir, volume_hex, write_state, ReplicaState, STATE_TMP};
 use super::{CommitStep, StoreError};
 
@@ -423,14 +424,17 @@ impl ReplicaStore {
         let mut crashed = None;
         let crash_at = self.crash_at;
         let dev = &self.device;
-        let res = journal::for_each_chunk(&path, |off, data| {
-            dev.write_all_at(data, off)?;
-            if crash_at == Some(CommitStep::DeviceWrite(k)) {
-                crashed = Some(CommitStep::DeviceWrite(k));
-                return Err(io::Error::other("injected crash"));
-            }
-            k += 1;
-            Ok(())
+        let mut buf = Vec::new();
+        let res = File::open(&path).and_then(|jf| {
+            journal::for_each_record(&jf, |r| {
+                kcopy::copy_range(&jf, r.pos, dev, r.offset, r.len, &mut buf)?;
+                if crash_at == Some(CommitStep::DeviceWrite(k)) {
+                    crashed = Some(CommitStep::DeviceWrite(k));
+                    return Err(io::Error::other("injected crash"));
+                }
+                k += 1;
+                Ok(())
+            })
         });
         if let Some(s) = crashed {
             return self.step(s);
