@@ -42,7 +42,7 @@ pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
-/// An error, and when it happened.
+/// A message and when it happened: an error, or an event such as a recovery.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorNote {
     pub at_unix_ms: u64,

@@ -41,6 +41,11 @@ pub struct ReplicaStatusFile {
     pub commits: u64,
     pub rejected_busy: u64,
     pub last_error: Option<ErrorNote>,
+    /// Why the store is stopped (a commit failed after its commit point; the journal is
+    /// replayed at the primary's next connection). `None` while it serves.
+    pub store_stopped: Option<String>,
+    /// The last recovery in place of a stopped store.
+    pub recovered_in_place: Option<ErrorNote>,
     pub updated_unix_ms: u64,
 }
 
@@ -55,6 +60,13 @@ impl ReplicaStatusFile {
         self.sessions = s.sessions;
         self.commits = s.commits;
         self.rejected_busy = s.rejected_busy;
+        self.store_stopped = s.store_stopped.clone();
+        if let Some((r, at)) = &s.recovered_in_place {
+            self.recovered_in_place = Some(ErrorNote {
+                at_unix_ms: unix_ms(*at),
+                message: describe_recovery(r),
+            });
+        }
         if let Some(e) = &s.last_error {
             self.last_error = Some(ErrorNote {
                 at_unix_ms: unix_ms(e.at),

@@ -28,6 +28,13 @@ pub struct ReplicaStatus {
     pub peer: Option<String>,
     pub last_error: Option<ErrorNote>,
     pub promoted: Option<Promoted>,
+    /// What recovery did when the server opened the store.
+    pub recovery: Option<String>,
+    /// Why the store is stopped after a failed commit (it replays its journal at the
+    /// primary's next connection); `None` while it serves.
+    pub store_stopped: Option<String>,
+    /// The last recovery in place of a stopped store.
+    pub recovered_in_place: Option<ErrorNote>,
 }
 
 pub fn collect(dir: &Path) -> Result<ReplicaStatus> {
@@ -61,6 +68,9 @@ pub fn collect(dir: &Path) -> Result<ReplicaStatus> {
         peer: file.as_ref().and_then(|f| f.peer.clone()),
         last_error: file.as_ref().and_then(|f| f.last_error.clone()),
         promoted: info::promoted(dir)?,
+        recovery: file.as_ref().map(|f| f.recovery.clone()),
+        store_stopped: file.as_ref().and_then(|f| f.store_stopped.clone()),
+        recovered_in_place: file.as_ref().and_then(|f| f.recovered_in_place.clone()),
     })
 }
 
@@ -102,6 +112,28 @@ pub fn render(s: &ReplicaStatus) -> String {
             format!("at cut {} (serve refuses without --force)", p.cut),
         ));
     }
+    if let Some(r) = &s.recovery {
+        rows.push(("recovery at start", r.clone()));
+    }
+    if let Some(why) = &s.store_stopped {
+        rows.push((
+            "store",
+            format!(
+                "STOPPED after a failed commit ({why}); its journal is replayed at the \
+                 primary's next connection"
+            ),
+        ));
+    }
+    if let Some(r) = &s.recovered_in_place {
+        rows.push((
+            "recovered",
+            format!(
+                "in place {:.0} s ago: {}",
+                now_ms().saturating_sub(r.at_unix_ms) as f64 / 1000.0,
+                r.message
+            ),
+        ));
+    }
     rows.push((
         "last error",
         s.last_error
@@ -119,4 +151,54 @@ pub fn run(dir: &Path, json: bool) -> Result<()> {
         print!("{}", render(&s));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> ReplicaStatus {
+        ReplicaStatus {
+            state_dir: "/var/lib/bdr/r".into(),
+            server: "serving".into(),
+            pid: Some(42),
+            listen: Some("10.0.0.2:7800".into()),
+            committed: None,
+            committed_age_seconds: None,
+            in_cut: None,
+            peer: None,
+            last_error: None,
+            promoted: None,
+            recovery: Some("clean".into()),
+            store_stopped: None,
+            recovered_in_place: None,
+        }
+    }
+
+    #[test]
+    fn a_stopped_store_and_its_recovery_are_shown() {
+        let mut s = status();
+        let plain = render(&s);
+        assert!(plain.contains("clean"), "{plain}");
+        assert!(
+            !plain.contains("STOPPED") && !plain.contains("in place"),
+            "{plain}"
+        );
+        s.store_stopped = Some("fdatasync /dev/sdb: Input/output error".into());
+        let stopped = render(&s);
+        assert!(
+            stopped.contains("STOPPED after a failed commit (fdatasync /dev/sdb"),
+            "{stopped}"
+        );
+        s.store_stopped = None;
+        s.recovered_in_place = Some(ErrorNote {
+            at_unix_ms: now_ms() - 3_000,
+            message: "replayed the journal of cut 7 (3 chunks, 196608 bytes)".into(),
+        });
+        let recovered = render(&s);
+        assert!(
+            recovered.contains("in place 3 s ago: replayed the journal of cut 7"),
+            "{recovered}"
+        );
+    }
 }

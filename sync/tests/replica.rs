@@ -527,7 +527,10 @@ fn stopped_store_recovers_in_place() {
     let mut store = s.into_store();
     let steps = std::sync::Arc::new(std::sync::Mutex::new(0u32));
     let counted = steps.clone();
-    store.set_step_hook(Some(Box::new(move |_| *counted.lock().unwrap() += 1)));
+    store.set_step_hook(Some(Box::new(move |_| {
+        *counted.lock().unwrap() += 1;
+        false
+    })));
     store.set_crash_point(Some(CommitStep::DeviceSynced));
     let mut s = ReplicaSession::new(store);
     s.on_frame(hello(&fx.g, VOLUME)).unwrap();
@@ -869,6 +872,7 @@ fn state_dir_filled_during_a_commit_does_not_fail_it() {
         if step == CommitStep::CommitRecord {
             *t.lock().unwrap() = fill_up(&hog_dir);
         }
+        false
     })));
     let mut s = ReplicaSession::new(store);
     s.on_frame(hello(&fx.g, VOLUME)).unwrap();

@@ -29,6 +29,10 @@ struct Server {
 impl Server {
     async fn start(fx: &Fixture, opts: ServeOptions) -> Server {
         let store = ReplicaStore::open(&fx.device(), &fx.state_dir()).unwrap();
+        Server::start_store(store, opts).await
+    }
+
+    async fn start_store(store: ReplicaStore, opts: ServeOptions) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(Mutex::new(ServeStatus::default()));
@@ -660,4 +664,68 @@ async fn a_replica_that_stops_reading_cannot_hold_the_cut() {
     assert!(e.to_string().contains("took no data"), "{e}");
     assert!(waited < Duration::from_secs(10), "held for {waited:?}");
     stuck.abort();
+}
+
+/// A commit that fails after its commit point (the device fails its sync) stops the store:
+/// the primary is told, the server says why in its status, and the next connection
+/// replays the committed journal in place (no restart) and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_stopped_by_a_failed_commit_recovers_at_the_next_connection() {
+    use bdr_sync::replica::{CommitStep, RecoveryReport};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fx = Fixture::new(8);
+    let mut rng = Rng(31);
+    fx.create(&mut rng, 0);
+    let failing = Arc::new(AtomicBool::new(false));
+    let mut store = ReplicaStore::open(&fx.device(), &fx.state_dir()).unwrap();
+    let f = failing.clone();
+    store.set_step_hook(Some(Box::new(move |step| {
+        step == CommitStep::DeviceSynced && f.load(Ordering::SeqCst)
+    })));
+    let srv = Server::start_store(store, ServeOptions::default()).await;
+    seed(&srv, &fx).await;
+    let set = scribble(&fx.source(), &fx.g, &mut rng, 5);
+    failing.store(true, Ordering::SeqCst);
+    let mut c = connect(&srv, &fx, VOLUME).await.unwrap();
+    let ids = c.next_cut_ids();
+    assert_eq!(ids.cut, 2);
+    let e = c
+        .ship_cut(image(&fx), &set, ids, CutKind::Incremental)
+        .await
+        .expect_err("the commit fails after its commit point");
+    assert!(e.to_string().contains("DeviceSynced"), "{e}");
+    drop(c);
+    srv.idle().await;
+    let st = srv.status();
+    let why = st.store_stopped.expect("the status says the store stopped");
+    assert!(why.contains("DeviceSynced"), "{why}");
+    assert!(st.recovered_in_place.is_none());
+
+    // The device is back: the next primary's connection replays cut 2 first.
+    failing.store(false, Ordering::SeqCst);
+    let mut c = connect(&srv, &fx, VOLUME).await.unwrap();
+    assert_eq!(
+        c.replica().last_cut,
+        Some(2),
+        "cut 2 was committed: replayed"
+    );
+    let st = srv.status();
+    assert_eq!(st.store_stopped, None);
+    match st.recovered_in_place {
+        Some((RecoveryReport::Replayed { cut: 2, chunks, .. }, _)) => {
+            assert_eq!(chunks, set.len(), "replayed chunks")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_same(&fx.device_bytes(), &fx.source_bytes(), "after the replay");
+    // And it serves on.
+    let set3 = scribble(&fx.source(), &fx.g, &mut rng, 3);
+    c.ship_cut(image(&fx), &set3, c.next_cut_ids(), CutKind::Incremental)
+        .await
+        .unwrap();
+    c.close().await;
+    srv.idle().await;
+    assert_same(&fx.device_bytes(), &fx.source_bytes(), "after cut 3");
+    let store = srv.stop().await;
+    assert_eq!(store.state().unwrap().last_cut, 3);
 }

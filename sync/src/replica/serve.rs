@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{ReplicaSession, ReplicaStore};
+use super::{RecoveryReport, ReplicaSession, ReplicaStore};
 use crate::frame::{ErrorCode, Frame, FrameError, FrameReader, FrameWriter};
 
 /// Timeouts of the replica server.
@@ -64,6 +64,11 @@ pub struct ServeStatus {
     /// Cuts committed by this server.
     pub commits: u64,
     pub last_error: Option<ErrorRecord>,
+    /// Why the store is stopped (a commit failed after its commit point): it replays its
+    /// journal at the next connection. `None` while it serves.
+    pub store_stopped: Option<String>,
+    /// The last recovery of a stopped store in place, and when.
+    pub recovered_in_place: Option<(RecoveryReport, SystemTime)>,
 }
 
 pub type StatusHandle = Arc<Mutex<ServeStatus>>;
@@ -190,10 +195,15 @@ async fn run_session(
         match joined {
             Ok((store, Ok(r))) => {
                 tracing::info!(%peer, recovery = ?r, "replica store recovered after a failed commit");
+                let mut st = status.lock().unwrap();
+                st.store_stopped = None;
+                st.recovered_in_place = Some((r, SystemTime::now()));
+                drop(st);
                 store
             }
             Ok((store, Err(e))) => {
                 tracing::warn!(%peer, error = %e, "replica store still stopped");
+                status.lock().unwrap().store_stopped = Some(e.to_string());
                 store
             }
             Err(e) => {
@@ -324,11 +334,13 @@ async fn run_session(
         st.peer = None;
     }
     let store = s.into_store();
-    if store.is_stopped() {
+    if let Some(why) = store.stopped_reason() {
         tracing::warn!(
             %peer,
+            reason = why,
             "replica store stopped after a failed commit: it replays its journal at the next connection"
         );
+        status.lock().unwrap().store_stopped = Some(why.to_string());
     }
     // Give the store back before lingering, so the next primary can connect at once.
     *slot.lock().unwrap() = Some(store);

@@ -81,7 +81,8 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(2);
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// See [`ReplicaStore::set_step_hook`].
-pub type StepHook = Box<dyn FnMut(CommitStep) + Send>;
+/// Returns `true` to fail the step there, as an armed crash point would.
+pub type StepHook = Box<dyn FnMut(CommitStep) -> bool + Send>;
 
 impl std::fmt::Debug for ReplicaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,7 +239,8 @@ impl ReplicaStore {
     }
 
     /// Calls `hook` at every commit step, before the crash point is checked: lets a test
-    /// act in the middle of a commit (fill the state dir, say). Tests only.
+    /// act in the middle of a commit (fill the state dir, say), or fail the step (the hook
+    /// returns `true`) for as long as it likes. Tests only.
     #[doc(hidden)]
     pub fn set_step_hook(&mut self, hook: Option<StepHook>) {
         self.step_hook = hook;
@@ -288,10 +290,8 @@ impl ReplicaStore {
 
     /// If `step` is the armed crash point: die there.
     fn step(&mut self, step: CommitStep) -> Result<(), StoreError> {
-        if let Some(hook) = self.step_hook.as_mut() {
-            hook(step);
-        }
-        if self.crash_at != Some(step) {
+        let hooked = self.step_hook.as_mut().is_some_and(|hook| hook(step));
+        if !hooked && self.crash_at != Some(step) {
             return Ok(());
         }
         self.dead = Some(format!("injected crash after {step:?}"));
@@ -305,6 +305,11 @@ impl ReplicaStore {
     /// Whether a failed commit stopped the store (every call fails until a recovery).
     pub fn is_stopped(&self) -> bool {
         self.dead.is_some()
+    }
+
+    /// Why the store is stopped, if it is.
+    pub fn stopped_reason(&self) -> Option<&str> {
+        self.dead.as_deref()
     }
 
     /// Runs the recovery of [`open`](Self::open) again on a store a failed commit stopped
