@@ -60,6 +60,8 @@ repl_secs=${BENCH_REPL_SECS:-45} repl_mb=${BENCH_REPL_MB:-256} repl_rate=${BENCH
 repl_bs=${BENCH_REPL_BS:-64k} repl_interval=${BENCH_REPL_INTERVAL:-200ms}
 pc_rounds=${BENCH_PRECOPY_ROUNDS:-3} pc_mb=${BENCH_PRECOPY_MB:-256}
 pc_dirty=${BENCH_PRECOPY_DIRTY_MB:-16} pc_idle=${BENCH_PRECOPY_IDLE:-8}
+side_rounds=${BENCH_SIDE_ROUNDS:-8} side_runtime=${BENCH_SIDE_RUNTIME:-5}
+side_jobs=${BENCH_SIDE_JOBS:-rand4k-qd1 rand4k-qd32}
 B=${BDR_BIN:-}
 D84=/usr/lib/drbd/drbdsetup-84
 COW=$T_SCRATCH/cow
@@ -72,6 +74,7 @@ mkdir -p "$COW"
 	echo "backends $backends"; echo "jobs $jobs"; echo "devs $devs"
 	echo "repl secs $repl_secs mb $repl_mb rate $repl_rate bs $repl_bs interval $repl_interval"
 	echo "precopy rounds $pc_rounds mb $pc_mb dirty_mb $pc_dirty idle_s $pc_idle"
+	echo "side rounds $side_rounds runtime $side_runtime jobs $side_jobs"
 } >"$RESULTS/setup.txt"
 
 fio_job() { # JOB -> fio options
@@ -229,6 +232,54 @@ for be in $backends; do
 done
 _brd_rm
 rm -f "$COW"/*
+
+# --- phase 1b: side by side ------------------------------------------------------------------
+# Phase 1 runs the devices one after another, so the emulator's drift between runs (±10-20%
+# in TCG) is in every ratio. Here two fio jobs run at the same time, one per vCPU (pinned),
+# each on its own lower device of the same kind: the drift hits both. Pairs: dm-linear
+# next to bdr idle, and dm-linear next to dm-linear (the control: what the method itself
+# cannot resolve). Each round swaps which lower device and which vCPU each side gets, over
+# four rounds: neither a device nor a vCPU favours one side. Raw fio JSON:
+# $RESULTS/s<round>-<backend>-<pair>-<job>.json, jobs named "a" (dm-linear) and "b".
+t_case "side by side: dm-linear next to bdr idle, and next to dm-linear"
+if [ "$side_rounds" -gt 0 ]; then
+	for be in $backends; do
+		case $be in
+		nullb)
+			lo0=$(mk_nullb "$size" irqmode=0 memory_backed=0) &&
+				lo1=$(mk_nullb "$size" irqmode=0 memory_backed=0) || { t_fail "mk_nullb"; exit 1; } ;;
+		brd)
+			[ -d /sys/module/brd ] && rmmod brd
+			modprobe brd rd_nr=2 rd_size=$((span * 1024)) max_part=0 || { t_fail "modprobe brd"; exit 1; }
+			t_defer _brd_rm
+			_t_wait_dev /dev/ram1 || exit 1
+			lo0=/dev/ram0 lo1=/dev/ram1 ;;
+		esac
+		for i in 0 1; do
+			lo=lo$i
+			mk_linear "side-lin-$be-$i" "${!lo}" >/dev/null && mk_linear "side-ctl-$be-$i" "${!lo}" >/dev/null &&
+				mk_bdr "side-bdr-$be-$i" "${!lo}" "$region" "side-$be-$i" >/dev/null ||
+				{ t_fail "side-by-side devices on $be"; exit 1; }
+		done
+		for r in $(seq "$side_rounds"); do
+			# a = dm-linear on lower $la and vCPU $ca; b on the other lower and vCPU.
+			la=$(((r - 1) % 2)) ca=$((((r - 1) / 2) % 2))
+			for job in $side_jobs; do
+				for pair in bdr ctl; do
+					out=$RESULTS/s$r-$be-$pair-$job.json
+					printf 'side %s %-5s %-13s linear|%s
+' "$r" "$be" "$job" "$pair"
+					# shellcheck disable=SC2046
+					fio $(fio_job "$job") --size="${span}M" --ioengine=libaio --direct=1 						--time_based --runtime="$side_runtime" --ramp_time="$ramp" 						--percentile_list=50:99:99.9 --output-format=json --output="$out" 						--name=a --filename="/dev/mapper/side-lin-$be-$la" --cpus_allowed="$ca" 						--name=b --filename="/dev/mapper/side-$pair-$be-$((1 - la))" 						--cpus_allowed="$((1 - ca))" || t_fail "fio side by side on $be $job $pair"
+				done
+			done
+		done
+		for i in 0 1; do rm_dm "side-bdr-$be-$i"; rm_dm "side-ctl-$be-$i"; rm_dm "side-lin-$be-$i"; done
+		[ "$be" != brd ] || _brd_rm
+	done
+else
+	t_skip "BENCH_SIDE_ROUNDS=0"
+fi
 
 # --- phases 2 and 3: a primary and a replica namespace ------------------------------------
 kill_gone() { kill "$1" 2>/dev/null; return 0; } # cleanup of a daemon that may have exited

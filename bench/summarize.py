@@ -7,8 +7,8 @@ the pre-copy phase (fio IOPS idle vs during a cut with and without pre-copy).
     summarize.py RAW_DIR KVER OUT_JSON OUT_MD
 
 RAW_DIR holds r<round>-<backend>-<dev>-<job>.json (fio --output-format=json), the cuts'
-r<...>.cut.json, repl-fio.json, repl-status.jsonl, precopy.txt, pc-r<round>-<kind>.json and
-setup.txt."""
+r<...>.cut.json, s<round>-<backend>-<pair>-<job>.json (side by side), repl-fio.json,
+repl-status.jsonl, precopy.txt, pc-r<round>-<kind>.json and setup.txt."""
 import json
 import os
 import re
@@ -348,6 +348,65 @@ if precopy:
             fmt(x["snapshot_ms"] / 1000 if x.get("snapshot_ms") is not None else None, "%.2f"),
             fmt(x.get("snapshot_fraction"), "%.2f"), fmt(x.get("precopy_passes"), "%g"),
             fmt(x.get("precopy_regions"), "%g"), fmt(x.get("residue_regions"), "%g")))
+# Side by side (phase 1b): per round, both jobs of one fio run: a = dm-linear, b = bdr idle
+# (pair "bdr") or another dm-linear (pair "ctl", the control). The ratio b/a of a round is
+# free of the drift between runs; the control's spread is what the method cannot resolve.
+side = {}  # (backend, job, pair) -> {round: (iops ratio, p99 diff µs)}
+for f in sorted(os.listdir(raw_dir)):
+    m = re.fullmatch(r"s(\d+)-(\w+)-(bdr|ctl)-([\w-]+)\.json", f)
+    if not m:
+        continue
+    try:
+        js = {j["jobname"]: j["write"] for j in json.load(open(os.path.join(raw_dir, f)))["jobs"]}
+        a, b = js["a"], js["b"]
+        side.setdefault((m.group(2), m.group(4), m.group(3)), {})[int(m.group(1))] = (
+            b["iops"] / a["iops"], pct(b, 99) - pct(a, 99), a["iops"], b["iops"])
+    except (ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+        print("summarize: skipping %s: %r" % (f, e), file=sys.stderr)
+if side:
+    sres = result["side_by_side"] = {}
+    sl = (setup.get("side", "") + " ?" * 6).split()
+    lines += ["", "Side by side: two fio jobs at once, one per vCPU (pinned), each on its own lower "
+              "device of the same kind, dm-linear (a) next to bdr idle or next to another dm-linear "
+              "(the control); which device and vCPU each side gets rotates over 4 rounds. %s rounds "
+              "of %s s. Ratios b/a and p99 differences b − a are per round, then medians and "
+              "quartiles over rounds. Target: bdr idle ≥ 0.99 of dm-linear, p99 within 2 µs; decided "
+              "where the control shows the method resolves it (≥ 8 rounds, the control's median "
+              "within 0.01 of 1 and its quartiles ≤ 0.05 apart): met if bdr's lower quartile is ≥ "
+              "0.99, missed if its upper one is below." % (sl[1], sl[3]), "",
+              "| backend | job | pair | rounds | IOPS a | IOPS b | b/a median | b/a quartiles | p99 b − a µs | verdict |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for (be, job, pair) in sorted(side, key=lambda k: (k[0], list(JOBLABEL).index(k[1]) if k[1] in JOBLABEL else 9, k[2])):
+        xs = side[(be, job, pair)]
+        rs = sorted(xs)
+        rat = sorted(xs[r][0] for r in rs)
+        q = statistics.quantiles(rat, n=4) if len(rat) >= 2 else [rat[0]] * 3
+        e = {"rounds": len(rs), "iops_ratio": med(rat), "iops_ratio_quartiles": [q[0], q[2]],
+             "iops_ratios": [xs[r][0] for r in rs], "p99_diff_us": med(xs[r][1] for r in rs),
+             "iops_a": med(xs[r][2] for r in rs), "iops_b": med(xs[r][3] for r in rs)}
+        sres.setdefault(be, {}).setdefault(job, {})[pair] = e
+    for be, bj in sres.items():
+        for job, pj in bj.items():
+            c, v = pj.get("ctl"), pj.get("bdr")
+            if v:
+                resolved = (c is not None and c["rounds"] >= 8 and abs(c["iops_ratio"] - 1) <= 0.01
+                            and c["iops_ratio_quartiles"][1] - c["iops_ratio_quartiles"][0] <= 0.05)
+                q1, q3 = v["iops_ratio_quartiles"]
+                if v["rounds"] < 8 or not resolved:
+                    v["target_99"] = "not decided (the control does not resolve 1%)"
+                else:
+                    v["target_99"] = ("met" if q1 >= 0.99 else "missed" if q3 < 0.99
+                                      else "not decided at this precision")
+                v["target_p99_2us"] = "met" if v["p99_diff_us"] <= 2 else "missed"
+            for pair in ("bdr", "ctl"):
+                e = pj.get(pair)
+                if not e:
+                    continue
+                lines.append("| %s | %s | %s | %d | %.0f | %.0f | %.3f | %.3f-%.3f | %+.1f | %s |" % (
+                    be, JOBLABEL.get(job, job), "bdr idle" if pair == "bdr" else "dm-linear (control)",
+                    e["rounds"], e["iops_a"], e["iops_b"], e["iops_ratio"], e["iops_ratio_quartiles"][0],
+                    e["iops_ratio_quartiles"][1], e["p99_diff_us"],
+                    "IOPS %s; p99 %s" % (e["target_99"], e["target_p99_2us"]) if pair == "bdr" else "–"))
 if "host_load" in setup:
     lines += ["", "Host load average: %s." % setup["host_load"]]
 spread = [((max(x["iops_all"]) - min(x["iops_all"])) / x["iops"], "%s %s %s" % (be, j, d))
