@@ -582,6 +582,19 @@ rdev_self_recovery() {
 	while [ $SECONDS -lt $end ] && ! since "$1" | grep -q 'recovered after a failed commit'; do sleep 0.2; done
 	if since "$1" | grep -q 'recovered after a failed commit'; then
 		NOTE="$NOTE; store stopped, recovered in place $((SECONDS - t0)) s after the device came back"
+		# What an admin sees: `bdr replica status` (its status file is rewritten every 200 ms).
+		local st i
+		for i in $(seq 25); do
+			st=$("$B" replica status --state-dir "$RDIR" 2>&1)
+			grep -q 'recovered:.*in place' <<<"$st" && break
+			sleep 0.2
+		done
+		if grep -q 'recovered:.*in place' <<<"$st"; then
+			NOTE="$NOTE; replica status: $(grep -o 'in place.*' <<<"$st" | cut -c1-70)"
+		else
+			t_fail "rdev_error: bdr replica status does not show the recovery in place: $st"
+			FAULT_OK=0
+		fi
 	else
 		t_fail "rdev_error: the stopped replica store did not recover by itself within 30 s"
 		FAULT_OK=0
