@@ -166,15 +166,44 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Iterates over the chunk records of a journal: calls `each(offset, data, hash)` for each
-/// and returns the header and what followed the records (`Some(commit record)` or `None`
-/// when the records end in anything else). `check_hashes` verifies each record's blake3.
-#[allow(clippy::type_complexity)]
+/// A chunk record's head after its tag: `len u32 | offset u64 | blake3 [32]`.
+struct RecordHead {
+    len: u32,
+    offset: u64,
+    hash: [u8; 32],
+}
+
+/// Parses a record head and checks it against the journal's header: a length within one
+/// region, a range within the volume.
+fn parse_head(
+    rest: &[u8; CHUNK_HEADER_LEN as usize - 4],
+    header: &JournalHeader,
+) -> Result<RecordHead, NotCommitted> {
+    let len = u32::from_le_bytes(rest[0..4].try_into().unwrap());
+    let offset = u64::from_le_bytes(rest[4..12].try_into().unwrap());
+    if len == 0 || len > header.region_bytes {
+        return Err(format!("chunk record of bad length {len}"));
+    }
+    if offset
+        .checked_add(len.into())
+        .map_or(true, |e| e > header.dev_bytes)
+    {
+        return Err(format!("chunk record at {offset} past the volume end"));
+    }
+    Ok(RecordHead {
+        len,
+        offset,
+        hash: rest[12..44].try_into().unwrap(),
+    })
+}
+
+/// Iterates over the chunk records of a journal, checking each record's data against its
+/// blake3: calls `each(data)` for each and returns the header and the commit
+/// record, or why the records do not end in one.
 fn walk(
     path: &Path,
     mut on_byte: impl FnMut(&[u8]),
-    mut each: impl FnMut(u64, &[u8], &[u8; 32]) -> io::Result<()>,
-    check_hashes: bool,
+    mut each: impl FnMut(&[u8]),
 ) -> io::Result<Result<(JournalHeader, [u8; COMMIT_LEN as usize]), NotCommitted>> {
     let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut h = [0u8; HEADER_LEN as usize];
@@ -210,23 +239,15 @@ fn walk(
         if !read_full(&mut r, &mut rest)? {
             return Ok(Err("torn chunk record".into()));
         }
-        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap());
-        let offset = u64::from_le_bytes(rest[4..12].try_into().unwrap());
-        let hash: [u8; 32] = rest[12..44].try_into().unwrap();
-        if len == 0 || len > header.region_bytes {
-            return Ok(Err(format!("chunk record of bad length {len}")));
-        }
-        if offset
-            .checked_add(len.into())
-            .map_or(true, |e| e > header.dev_bytes)
-        {
-            return Ok(Err(format!("chunk record at {offset} past the volume end")));
-        }
+        let RecordHead { len, offset, hash } = match parse_head(&rest, &header) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
         let d = &mut data[..len as usize];
         if !read_full(&mut r, d)? {
             return Ok(Err("torn chunk data".into()));
         }
-        if check_hashes && blake3::hash(d).as_bytes() != &hash {
+        if blake3::hash(d).as_bytes() != &hash {
             return Ok(Err(format!(
                 "chunk record at {offset}: data does not match its hash"
             )));
@@ -236,7 +257,7 @@ fn walk(
         if version == 1 {
             on_byte(d);
         }
-        each(offset, d, &hash)?;
+        each(d);
     }
 }
 
@@ -250,12 +271,10 @@ pub(crate) fn verify(path: &Path) -> io::Result<Result<CommittedJournal, NotComm
         |b| {
             hasher.update(b);
         },
-        |_, d, _| {
+        |d| {
             chunks += 1;
             bytes += d.len() as u64;
-            Ok(())
         },
-        true,
     )?;
     let (header, c) = match walked {
         Ok(x) => x,
@@ -319,19 +338,14 @@ pub(crate) fn for_each_record(
         if &head[0..4] != CHUNK_TAG {
             return Err(bad(format!("no record at {pos}")));
         }
-        let len = u64::from(u32::from_le_bytes(head[4..8].try_into().unwrap()));
-        let offset = u64::from_le_bytes(head[8..16].try_into().unwrap());
-        if len == 0 || len > u64::from(header.region_bytes) {
-            return Err(bad(format!("chunk record of bad length {len}")));
-        }
-        if offset
-            .checked_add(len)
-            .map_or(true, |e| e > header.dev_bytes)
-        {
-            return Err(bad(format!("chunk record at {offset} past the volume end")));
-        }
+        let h = parse_head(head[4..].try_into().unwrap(), &header).map_err(bad)?;
+        let len = u64::from(h.len);
         pos += CHUNK_HEADER_LEN;
-        each(RecordData { offset, pos, len })?;
+        each(RecordData {
+            offset: h.offset,
+            pos,
+            len,
+        })?;
         pos += len;
     }
 }
